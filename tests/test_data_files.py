@@ -1,0 +1,116 @@
+"""The data helper: verified files from data/, a mirror, or a download; clear errors offline."""
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+import helpers
+from helpers import DataFileError, get_data_file, load_manifest
+
+PAYLOAD = b"It had always been my fate to have my pictures compared.\n"
+
+
+def manifest_for(url, payload=PAYLOAD, **extra):
+    return {"story.txt": {"url": url, "sha256": hashlib.sha256(payload).hexdigest(), **extra}}
+
+
+def test_manifest_lists_every_course_file_with_a_hash():
+    manifest = load_manifest()
+    assert set(manifest) == {"the-verdict.txt", "encoder.json", "vocab.bpe", "instruction-data.json",
+                             "SMSSpamCollection.tsv", "tinyshakespeare.txt"}
+    for name, entry in manifest.items():
+        assert entry["url"].startswith("https://"), name
+        assert len(entry["sha256"]) == 64 and int(entry["sha256"], 16) >= 0, name
+
+
+def test_file_in_data_dir_is_used(tmp_path):
+    (tmp_path / "story.txt").write_bytes(PAYLOAD)
+    path = get_data_file("story.txt", data_dir=tmp_path, mirror="", manifest=manifest_for("http://127.0.0.1:9/x"))
+    assert path == tmp_path / "story.txt"
+
+
+def test_mirror_is_used_when_data_dir_lacks_the_file(tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "story.txt").write_bytes(PAYLOAD)
+    path = get_data_file("story.txt", data_dir=tmp_path / "data", mirror=str(mirror),
+                         manifest=manifest_for("http://127.0.0.1:9/x"))
+    assert path == mirror / "story.txt"
+    assert not (tmp_path / "data" / "story.txt").exists()
+
+
+def test_hash_mismatch_in_data_dir_is_an_error(tmp_path):
+    (tmp_path / "story.txt").write_bytes(b"not the story")
+    with pytest.raises(DataFileError, match="wrong SHA-256"):
+        get_data_file("story.txt", data_dir=tmp_path, mirror="", manifest=manifest_for("http://127.0.0.1:9/x"))
+
+
+def test_hash_mismatch_in_mirror_is_an_error(tmp_path):
+    (tmp_path / "story.txt").write_bytes(b"not the story")
+    with pytest.raises(DataFileError, match="wrong SHA-256"):
+        get_data_file("story.txt", data_dir=tmp_path / "data", mirror=str(tmp_path),
+                      manifest=manifest_for("http://127.0.0.1:9/x"))
+
+
+def test_download_is_verified_and_saved(tmp_path):
+    source = tmp_path / "served.txt"
+    source.write_bytes(PAYLOAD)
+    data_dir = tmp_path / "data"
+    path = get_data_file("story.txt", data_dir=data_dir, mirror="", manifest=manifest_for(source.as_uri()))
+    assert path == data_dir / "story.txt" and path.read_bytes() == PAYLOAD
+    assert sorted(p.name for p in data_dir.iterdir()) == ["story.txt"]  # no temp file left
+
+
+def test_bad_download_is_rejected_and_not_kept(tmp_path):
+    source = tmp_path / "served.txt"
+    source.write_bytes(b"a different file")
+    data_dir = tmp_path / "data"
+    with pytest.raises(DataFileError, match="was not kept"):
+        get_data_file("story.txt", data_dir=data_dir, mirror="", manifest=manifest_for(source.as_uri()))
+    assert not data_dir.exists() or list(data_dir.iterdir()) == []
+
+
+def test_download_from_a_zip_member(tmp_path):
+    archive = tmp_path / "served.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("Story", PAYLOAD)
+    path = get_data_file("story.txt", data_dir=tmp_path / "data", mirror="",
+                         manifest=manifest_for(archive.as_uri(), archive_member="Story"))
+    assert path.read_bytes() == PAYLOAD
+
+
+def test_missing_offline_gives_a_clear_message(tmp_path):
+    url = "http://127.0.0.1:9/story.txt"  # nothing listens on port 9: fails at once, no network used
+    with pytest.raises(DataFileError) as info:
+        get_data_file("story.txt", data_dir=tmp_path, mirror=str(tmp_path / "nowhere"), manifest=manifest_for(url))
+    message = str(info.value)
+    assert "'story.txt'" in message and url in message and str(tmp_path / "story.txt") in message
+    assert "LLM_DATA_MIRROR" in message
+
+
+def test_unknown_file_name():
+    with pytest.raises(KeyError, match="not a course data file"):
+        get_data_file("no-such-file.txt")
+
+
+def test_course_files_are_found(tmp_path):
+    """With the mirror (or data/) in place, every manifest file resolves and verifies."""
+    if not (os.environ.get("LLM_DATA_MIRROR") or any((helpers.DATA_DIR / n).exists() for n in load_manifest())):
+        pytest.skip("no data mirror and no data/ copies on this machine")
+    for name in load_manifest():
+        assert helpers.sha256_of(get_data_file(name)) == load_manifest()[name]["sha256"]
+
+
+def test_tiktoken_gpt2_works_offline_from_a_fresh_cache(tmp_path):
+    """In a new process with an empty tiktoken cache and no network access needed,
+    `import helpers` then tiktoken.get_encoding("gpt2") gives GPT-2's token ids."""
+    code = ("import helpers, tiktoken; enc = tiktoken.get_encoding('gpt2'); "
+            "print(enc.encode('Hello, world!'), enc.n_vocab)")
+    env = dict(os.environ, TIKTOKEN_CACHE_DIR=str(tmp_path / "cache"),
+               HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[15496, 11, 995, 0] 50257"
