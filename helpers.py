@@ -485,3 +485,58 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                       f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
         generate_and_print_sample(model, tokenizer, device, start_context)
     return train_losses, val_losses, track_tokens_seen
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 5: saving and loading (post_training/LLM-saving-loading.ipynb)
+# ---------------------------------------------------------------------------------------------
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: damaged, truncated, or made for another model."""
+
+
+def save_checkpoint(path, model, optimizer=None, config=None, step=None, **extra):
+    """Write model (and optimizer) state atomically: a crash mid-save leaves the old file intact."""
+    path = Path(path)
+    state = {"model": model.state_dict(), "config": config, "step": step, **extra}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)  # atomic on POSIX and Windows
+    except BaseException:
+        os.unlink(tmp_name)
+        raise
+
+
+def load_checkpoint(path, model=None, optimizer=None, map_location="cpu"):
+    """Load a checkpoint safely (weights_only=True: tensors and plain containers, no code),
+    restore model and optimizer state if given, and return the whole checkpoint dict."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or damaged?): {type(exc).__name__}: {exc}"
+        ) from None
+    if model is not None:
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state["model"]))
+        unexpected = sorted(set(state["model"]) - set(own))
+        wrong_shape = sorted(f"{k}: checkpoint {tuple(state['model'][k].shape)} vs model {tuple(v.shape)}"
+                             for k, v in own.items() if k in state["model"] and state["model"][k].shape != v.shape)
+        if missing or unexpected or wrong_shape:
+            raise CheckpointError(
+                f"{path} was saved from a model with a different config. Missing keys: {missing[:5]}; "
+                f"unexpected keys: {unexpected[:5]}; mismatched sizes: {wrong_shape[:5]}"
+            )
+        model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    return state
