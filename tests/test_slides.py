@@ -131,10 +131,11 @@ def test_deck_has_a_slide_per_slide_cell(decks, notebook):
 def test_deck_loads_nothing_from_the_web(decks, notebook):
     page = DeckHTML(decks[notebook].read_text(encoding="utf-8"))
     assert any(tag == "script" for tag, _ in page.loaded), "parser found no scripts"
-    remote = [(tag, url) for tag, url in page.loaded if "://" in url or url.startswith("//")]
+    remote = [(tag, url) for tag, url in page.loaded
+              if not url.startswith("data:") and ("://" in url or url.startswith("//"))]
     assert not remote, f"loaded from the web: {remote}"
     for tag, url in page.loaded:
-        if not url.startswith("data:"):
+        if not url.startswith(("data:", "#")):  # embedded images, references inside the page
             path = (BUILD / url.split("?")[0]).resolve()
             assert path.is_file() and BUILD in path.parents, f"<{tag}> {url} is not a file in slides/build/"
 
@@ -331,7 +332,9 @@ def test_title_slide_screenshot(decks, chromium):
     try:
         chromium.call("Emulation.setDeviceMetricsOverride", session, width=1280, height=720,
                       deviceScaleFactor=1, mobile=False)
-        time.sleep(0.5)  # reveal.js re-lays out on resize
+        size = chromium.evaluate(session, "new Promise(done => requestAnimationFrame(() => "
+                                          "requestAnimationFrame(() => done([innerWidth, innerHeight]))))")
+        assert size == [1280, 720], size  # reveal.js has laid the slide out again for this size
         png = chromium.call("Page.captureScreenshot", session, format="png")["data"]
     finally:
         chromium.call("Target.closeTarget", targetId=target)
