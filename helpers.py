@@ -271,8 +271,11 @@ def check_config(cfg):
         value = cfg[key]
         if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"cfg[{key!r}] must be a positive integer (got {value!r}).")
-    if not 0.0 <= cfg["drop_rate"] < 1.0:
-        raise ValueError(f"cfg['drop_rate'] must be in [0, 1) (got {cfg['drop_rate']!r}).")
+    drop_rate = cfg["drop_rate"]
+    if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0 <= drop_rate < 1:
+        raise ValueError(f"cfg['drop_rate'] must be a number in [0, 1) (got {drop_rate!r}).")
+    if not isinstance(cfg["qkv_bias"], bool):
+        raise ValueError(f"cfg['qkv_bias'] must be True or False (got {cfg['qkv_bias']!r}).")
     if cfg["emb_dim"] % cfg["n_heads"] != 0:
         raise ValueError(
             f"cfg['emb_dim'] ({cfg['emb_dim']}) must be divisible by cfg['n_heads'] "
@@ -354,7 +357,19 @@ class GPTModel(nn.Module):
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
     def forward(self, in_idx):
+        if in_idx.dim() != 2:
+            raise ValueError(
+                f"in_idx must hold token ids of shape (batch_size, num_tokens), got shape "
+                f"{tuple(in_idx.shape)}; for a single sequence add the batch dimension with "
+                f"in_idx.unsqueeze(0)."
+            )
         batch_size, seq_len = in_idx.shape
+        if seq_len > self.pos_emb.num_embeddings:
+            raise ValueError(
+                f"The input has {seq_len} tokens but the model supports at most "
+                f"context_length={self.pos_emb.num_embeddings}; crop it to its last "
+                f"{self.pos_emb.num_embeddings} tokens, e.g. in_idx[:, -context_length:]."
+            )
         tok_embeds = self.tok_emb(in_idx)
         pos_embeds = self.pos_emb(torch.arange(seq_len, device=in_idx.device))
         x = self.drop_emb(tok_embeds + pos_embeds)
@@ -365,6 +380,11 @@ class GPTModel(nn.Module):
 
 def generate_text_simple(model, idx, max_new_tokens, context_size):
     """Greedy decoding: append the most likely next token, max_new_tokens times."""
+    if context_size < 1:
+        raise ValueError(
+            f"context_size must be at least 1 (got {context_size}); pass the model's "
+            f"context_length, e.g. model.pos_emb.num_embeddings."
+        )
     for _ in range(max_new_tokens):
         idx_cond = idx[:, -context_size:]  # crop to the context the model supports
         with torch.no_grad():
