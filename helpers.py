@@ -18,6 +18,7 @@ from pathlib import Path
 import tiktoken
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 # ---------------------------------------------------------------------------------------------
@@ -191,9 +192,14 @@ def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128,
 # ---------------------------------------------------------------------------------------------
 
 class MultiHeadAttention(nn.Module):
-    """Causal multi-head self-attention: one matmul each for Q, K and V, split into heads."""
+    """Causal multi-head self-attention: one matmul each for Q, K and V, split into heads.
 
-    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
+    use_sdpa=True (the default) runs the attention through PyTorch's fused
+    scaled_dot_product_attention; use_sdpa=False through the explicit masked softmax. Both
+    compute the same function. kv_cache, a KVCache, lets generation reuse the keys and values
+    of earlier tokens (training/LLM-performance.ipynb explains it)."""
+
+    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False, use_sdpa=True):
         super().__init__()
         if d_out % num_heads != 0:
             raise ValueError(
@@ -204,37 +210,48 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = d_out // num_heads
         self.context_length = context_length
+        self.use_sdpa = use_sdpa
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
         self.dropout = nn.Dropout(dropout)
-        # A buffer, not a parameter: it moves with .to(device) but is never trained.
         self.register_buffer(
             "mask", torch.triu(torch.ones(context_length, context_length), diagonal=1).bool(),
             persistent=False,
         )
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None):
         b, num_tokens, d_in = x.shape
-        if num_tokens > self.context_length:
+        past = 0 if kv_cache is None else kv_cache.num_tokens  # tokens already in the cache
+        if past + num_tokens > self.context_length:
             raise ValueError(
-                f"The input has {num_tokens} tokens but this attention supports at most "
-                f"context_length={self.context_length}; crop the input to its last "
-                f"{self.context_length} tokens."
+                f"The input has {num_tokens} tokens"
+                + (f" after {past} cached ones" if past else "")
+                + f" but this attention supports at most context_length={self.context_length}; "
+                f"crop the input to its last {self.context_length} tokens."
             )
         # (b, num_tokens, d_out) -> (b, num_heads, num_tokens, head_dim)
         queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
         keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
         values = self.W_value(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        if kv_cache is not None:
+            keys, values = kv_cache.update(keys, values)  # now all past + num_tokens tokens
+        future = self.mask[past:past + num_tokens, :past + num_tokens]  # the queries sit at past, past+1, ...
 
-        attn_scores = queries @ keys.transpose(2, 3)  # (b, num_heads, num_tokens, num_tokens)
-        attn_scores = attn_scores.masked_fill(self.mask[:num_tokens, :num_tokens], -torch.inf)
-        attn_weights = torch.softmax(attn_scores / self.head_dim**0.5, dim=-1)
-        attn_weights = self.dropout(attn_weights)
+        if self.use_sdpa:
+            context = F.scaled_dot_product_attention(
+                queries, keys, values, attn_mask=None if past == 0 else ~future, is_causal=past == 0,
+                dropout_p=self.dropout.p if self.training else 0.0,
+            )  # (b, num_heads, num_tokens, head_dim)
+        else:
+            attn_scores = queries @ keys.transpose(2, 3)  # (b, num_heads, num_tokens, past + num_tokens)
+            attn_scores = attn_scores.masked_fill(future, -torch.inf)
+            attn_weights = torch.softmax(attn_scores / self.head_dim**0.5, dim=-1)
+            attn_weights = self.dropout(attn_weights)
+            context = attn_weights @ values  # (b, num_heads, num_tokens, head_dim)
 
-        context = (attn_weights @ values).transpose(1, 2)  # (b, num_tokens, num_heads, head_dim)
-        context = context.contiguous().view(b, num_tokens, self.d_out)
+        context = context.transpose(1, 2).contiguous().view(b, num_tokens, self.d_out)
         return self.out_proj(context)
 
 
@@ -276,6 +293,8 @@ def check_config(cfg):
         raise ValueError(f"cfg['drop_rate'] must be a number in [0, 1) (got {drop_rate!r}).")
     if not isinstance(cfg["qkv_bias"], bool):
         raise ValueError(f"cfg['qkv_bias'] must be True or False (got {cfg['qkv_bias']!r}).")
+    if not isinstance(cfg.get("tie_weights", False), bool):  # optional key, off by default
+        raise ValueError(f"cfg['tie_weights'] must be True or False (got {cfg['tie_weights']!r}).")
     if cfg["emb_dim"] % cfg["n_heads"] != 0:
         raise ValueError(
             f"cfg['emb_dim'] ({cfg['emb_dim']}) must be divisible by cfg['n_heads'] "
@@ -284,7 +303,8 @@ def check_config(cfg):
 
 
 class LayerNorm(nn.Module):
-    """Normalise each token's features to mean 0 and variance 1, then scale and shift."""
+    """Normalise each token's features to mean 0 and variance 1, then scale and shift.
+    The formula of the chapter, computed by PyTorch's fused layer_norm kernel."""
 
     def __init__(self, emb_dim, eps=1e-5):
         super().__init__()
@@ -293,19 +313,14 @@ class LayerNorm(nn.Module):
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x):
-        mean = x.mean(dim=-1, keepdim=True)
-        var = x.var(dim=-1, keepdim=True, unbiased=False)  # biased, as in GPT-2 and nn.LayerNorm
-        norm_x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.scale * norm_x + self.shift
+        return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)  # biased variance
 
 
 class GELU(nn.Module):
-    """GELU activation, tanh approximation (the one GPT-2 was trained with)."""
+    """GELU activation, tanh approximation (the one GPT-2 was trained with), in one fused kernel."""
 
     def forward(self, x):
-        return 0.5 * x * (1 + torch.tanh(
-            torch.sqrt(torch.tensor(2.0 / torch.pi)) * (x + 0.044715 * torch.pow(x, 3))
-        ))
+        return F.gelu(x, approximate="tanh")
 
 
 class FeedForward(nn.Module):
@@ -337,14 +352,18 @@ class TransformerBlock(nn.Module):
         self.norm2 = LayerNorm(cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
-    def forward(self, x):
-        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+    def forward(self, x, kv_cache=None):
+        x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache))
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x
 
 
 class GPTModel(nn.Module):
-    """Token + position embeddings -> n_layers transformer blocks -> final norm -> logits."""
+    """Token + position embeddings -> n_layers transformer blocks -> final norm -> logits.
+
+    cfg["tie_weights"] (optional, default False) shares one matrix between the token embedding
+    and the output head, as GPT-2 does. kv_cache, a list of one KVCache per block, lets
+    generation feed only the new tokens (training/LLM-performance.ipynb explains it)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -355,25 +374,36 @@ class GPTModel(nn.Module):
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
         self.final_norm = LayerNorm(cfg["emb_dim"])
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        if cfg.get("tie_weights", False):
+            self.out_head.weight = self.tok_emb.weight  # one matrix at both ends, as in GPT-2
 
-    def forward(self, in_idx):
+    def forward(self, in_idx, kv_cache=None):
         if in_idx.dim() != 2:
             raise ValueError(
                 f"in_idx must hold token ids of shape (batch_size, num_tokens), got shape "
                 f"{tuple(in_idx.shape)}; for a single sequence add the batch dimension with "
                 f"in_idx.unsqueeze(0)."
             )
-        batch_size, seq_len = in_idx.shape
-        if seq_len > self.pos_emb.num_embeddings:
+        if kv_cache is not None and len(kv_cache) != len(self.trf_blocks):
             raise ValueError(
-                f"The input has {seq_len} tokens but the model supports at most "
-                f"context_length={self.pos_emb.num_embeddings}; crop it to its last "
-                f"{self.pos_emb.num_embeddings} tokens, e.g. in_idx[:, -context_length:]."
+                f"kv_cache has {len(kv_cache)} entries but the model has {len(self.trf_blocks)} "
+                f"blocks; make one per block: [KVCache() for _ in model.trf_blocks]."
+            )
+        batch_size, seq_len = in_idx.shape
+        past = 0 if kv_cache is None else kv_cache[0].num_tokens  # tokens already in the cache
+        if past + seq_len > self.pos_emb.num_embeddings:
+            raise ValueError(
+                f"The input has {seq_len} tokens"
+                + (f" after {past} cached ones" if past else "")
+                + f" but the model supports at most context_length={self.pos_emb.num_embeddings}; "
+                f"crop it to its last {self.pos_emb.num_embeddings} tokens, e.g. "
+                f"in_idx[:, -context_length:]."
             )
         tok_embeds = self.tok_emb(in_idx)
-        pos_embeds = self.pos_emb(torch.arange(seq_len, device=in_idx.device))
+        pos_embeds = self.pos_emb.weight[past:past + seq_len]  # = pos_emb(arange(past, past + seq_len))
         x = self.drop_emb(tok_embeds + pos_embeds)
-        x = self.trf_blocks(x)
+        for i, block in enumerate(self.trf_blocks):
+            x = block(x, None if kv_cache is None else kv_cache[i])
         x = self.final_norm(x)
         return self.out_head(x)  # (batch_size, seq_len, vocab_size)
 
@@ -560,3 +590,37 @@ def load_checkpoint(path, model=None, optimizer=None, map_location="cpu"):
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Performance: fast training steps and KV-cache generation (training/LLM-performance.ipynb)
+# ---------------------------------------------------------------------------------------------
+
+class KVCache:
+    """The keys and values one attention layer has computed for the tokens seen so far."""
+
+    def __init__(self):
+        self.keys = None  # (batch, num_heads, num_tokens, head_dim)
+        self.values = None
+
+    @property
+    def num_tokens(self):
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def update(self, keys, values):
+        """Append the new tokens' keys and values; return those of all tokens so far."""
+        if self.keys is not None:
+            keys = torch.cat((self.keys, keys), dim=2)
+            values = torch.cat((self.values, values), dim=2)
+        self.keys, self.values = keys, values
+        return keys, values
+
+
+def make_adamw(params, **kwargs):
+    """torch.optim.AdamW with fused=True (one kernel per step instead of a dozen) where this
+    PyTorch and the parameters' device support it, plain AdamW otherwise: the same update."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # an older PyTorch, or a device without the fused kernel
+        return torch.optim.AdamW(params, **kwargs)
