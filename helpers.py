@@ -545,9 +545,11 @@ def load_checkpoint(path, model=None, optimizer=None, map_location="cpu", restor
     except (FileNotFoundError, CheckpointError):
         raise
     except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+        reason = next((line for line in lines if "Unsupported global" in line), lines[-1])
         raise CheckpointError(
             f"{path} holds Python objects that weights_only=True refuses to load, because loading "
-            f"them could run code ({str(exc).splitlines()[-1].strip()[:200]}). Load it with "
+            f"them could run code ({reason[:160]}). Load it with "
             f"torch.load(path, weights_only=False) only if you trust where the file came from."
         ) from None
     except Exception as exc:
@@ -583,6 +585,8 @@ def load_checkpoint(path, model=None, optimizer=None, map_location="cpu", restor
             raise CheckpointError(f"{path} was saved without optimizer state; pass optimizer=None.")
         optimizer.load_state_dict(state["optimizer"])
     if restore_rng:
+        if "rng_state" not in state:
+            raise CheckpointError(f"{path} holds no random number generator state; use restore_rng=False.")
         torch.set_rng_state(state["rng_state"]["cpu"].cpu())
         if torch.cuda.is_available() and state["rng_state"]["cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_state"]["cuda"]])
