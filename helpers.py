@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import urllib.error
@@ -19,6 +20,7 @@ import tiktoken
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
 # ---------------------------------------------------------------------------------------------
@@ -546,9 +548,24 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path, model, optimizer=None, config=None, step=None, **extra):
-    """Write model (and optimizer) state atomically: a crash mid-save leaves the old file intact."""
+    """Write model (and optimizer) state atomically: a crash mid-save leaves the old file intact.
+
+    The checkpoint also holds the random number generators' state, so that resuming with
+    load_checkpoint(..., restore_rng=True) draws the same dropout masks and shuffles."""
+    reserved = {"model", "optimizer", "config", "step", "rng_state"} & set(extra)
+    if reserved:
+        raise ValueError(f"{sorted(reserved)} are names save_checkpoint uses itself; pick other names.")
     path = Path(path)
-    state = {"model": model.state_dict(), "config": config, "step": step, **extra}
+    state = {
+        "model": model.state_dict(),
+        "config": config,
+        "step": step,
+        "rng_state": {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        **extra,
+    }
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -557,39 +574,266 @@ def save_checkpoint(path, model, optimizer=None, config=None, step=None, **extra
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # the bytes are on disk before the file gets its real name
         os.replace(tmp_name, path)  # atomic on POSIX and Windows
     except BaseException:
         os.unlink(tmp_name)
         raise
 
 
-def load_checkpoint(path, model=None, optimizer=None, map_location="cpu"):
+def load_checkpoint(path, model=None, optimizer=None, map_location="cpu", restore_rng=False):
     """Load a checkpoint safely (weights_only=True: tensors and plain containers, no code),
-    restore model and optimizer state if given, and return the whole checkpoint dict."""
+    restore model and optimizer state if given, and return the whole checkpoint dict.
+
+    restore_rng=True also restores the random number generators, for an exact resume."""
     try:
+        with zipfile.ZipFile(path) as archive:  # torch.save writes a zip with a CRC-32 per member
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise CheckpointError(f"{path} is damaged: its part {damaged!r} fails its CRC-32 check.")
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, CheckpointError):
+        raise
+    except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+        reason = next((line for line in lines if "Unsupported global" in line), lines[-1])
+        raise CheckpointError(
+            f"{path} holds Python objects that weights_only=True refuses to load, because loading "
+            f"them could run code ({reason[:160]}). Load it with "
+            f"torch.load(path, weights_only=False) only if you trust where the file came from."
+        ) from None
+    except Exception as exc:
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or damaged?): {type(exc).__name__}: {reason}"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(
+            f"{path} has no 'model' entry, so save_checkpoint did not write it. If it is a bare "
+            f"state_dict, load it with model.load_state_dict(torch.load(path, weights_only=True))."
+        )
+    if model is not None:
+        own, saved = model.state_dict(), state["model"]
+        problems = []
+        missing = sorted(set(own) - set(saved))
+        unexpected = sorted(set(saved) - set(own))
+        wrong_shape = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
+                       for k, v in own.items() if k in saved and saved[k].shape != v.shape]
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("mismatched sizes", wrong_shape)):
+            if items:
+                problems.append(f"{len(items)} {label}: {items[:5]}" + (" ..." if len(items) > 5 else ""))
+        if problems:
+            raise CheckpointError(
+                f"{path} was saved from a model with a different config; "
+                + "; ".join(problems)
+                + ". Build the model from the checkpoint's own 'config' entry before loading."
+            )
+        model.load_state_dict(saved)
+    if optimizer is not None:
+        if "optimizer" not in state:
+            raise CheckpointError(f"{path} was saved without optimizer state; pass optimizer=None.")
+        optimizer.load_state_dict(state["optimizer"])
+    if restore_rng:
+        if "rng_state" not in state:
+            raise CheckpointError(f"{path} holds no random number generator state; use restore_rng=False.")
+        torch.set_rng_state(state["rng_state"]["cpu"].cpu())
+        if torch.cuda.is_available() and state["rng_state"]["cuda"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_state"]["cuda"]])
+    return state
+
+
+GPT2_SIZES = {  # model name on the Hugging Face hub -> its size in GPT_FAMILY
+    "gpt2": "gpt2-small (124M)",
+    "gpt2-medium": "gpt2-medium (355M)",
+    "gpt2-large": "gpt2-large (774M)",
+    "gpt2-xl": "gpt2-xl (1558M)",
+}
+
+GPT2_URL = "https://huggingface.co/openai-community/{model_name}/resolve/main/model.safetensors"
+
+GPT2_FILES = {  # published size and SHA-256 of the files we could check
+    "gpt2": {"size": 548_105_171,
+             "sha256": "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707"},
+}
+
+
+def gpt2_config(model_name="gpt2"):
+    """The GPTModel config of OpenAI's GPT-2 `model_name`."""
+    if model_name not in GPT2_SIZES:
+        raise ValueError(f"Unknown GPT-2 model {model_name!r}; choose one of {list(GPT2_SIZES)}.")
+    return {**GPT_124M_CONFIG, **GPT_FAMILY[GPT2_SIZES[model_name]],
+            "context_length": 1024, "qkv_bias": True, "drop_rate": 0.0}
+
+
+def display_path(path):
+    """path relative to the course folder when it lies inside it: the same on every machine."""
+    path = Path(path).resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
+def download_file(url, dest, expected_size=None, expected_sha256=None, timeout=30):
+    """Stream url into dest with a progress line. The bytes go to dest + '.part' first, so an
+    interrupted download resumes (HTTP Range) where it stopped; only a file of the right size
+    and SHA-256 is renamed to dest."""
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    done = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 416:  # 416: nothing left after `done` bytes, the .part file is complete
+            raise
+        response = None
+    total = expected_size
+    if response is not None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with response, open(part, "ab" if response.status == 206 else "wb") as f:
+            if response.status != 206:  # the server sent the whole file, not the rest
+                done = 0
+            length = response.headers.get("Content-Length")
+            if total is None and length is not None:
+                total = done + int(length)
+            shown = None
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                f.write(chunk)
+                done += len(chunk)
+                if total and 100 * done // total != shown:
+                    shown = 100 * done // total
+                    print(f"\r{dest.name}: {done / 1e6:,.0f} of {total / 1e6:,.0f} MB ({shown}%)",
+                          end="", flush=True)
+            f.flush()
+            os.fsync(f.fileno())
+        print()
+    size = part.stat().st_size
+    if total and size != total:
+        if size > total:
+            part.unlink()
+        raise DataFileError(
+            f"The download of {url} stopped at {size:,} of {total:,} bytes"
+            + (": run it again to resume." if size < total else "; the file was deleted.")
+        )
+    if expected_sha256 and sha256_of(part) != expected_sha256:
+        part.unlink()
+        raise DataFileError(f"The download of {url} has the wrong SHA-256; it was deleted: try again.")
+    os.replace(part, dest)
+    return dest
+
+
+def gpt2_weights_path(model_name="gpt2", models_dir=None):
+    """A verified local path to GPT-2's model.safetensors: found in models_dir (default
+    data/gpt2) or the data mirror folder, else downloaded; DataFileError if neither works."""
+    gpt2_config(model_name)  # fails early on an unknown name
+    models_dir = Path(models_dir) if models_dir is not None else DATA_DIR / "gpt2"
+    path = models_dir / model_name / "model.safetensors"
+    url = GPT2_URL.format(model_name=model_name)
+    known = GPT2_FILES.get(model_name, {})
+    mirror = os.environ.get(MIRROR_ENV)
+    for candidate in [path] + ([Path(mirror) / "gpt2" / model_name / "model.safetensors"] if mirror else []):
+        if candidate.is_file():
+            if known and (candidate.stat().st_size != known["size"] or sha256_of(candidate) != known["sha256"]):
+                raise DataFileError(
+                    f"{display_path(candidate)} is not the published {model_name} model.safetensors (wrong size "
+                    f"or SHA-256): delete it and download {url} again."
+                )
+            return candidate
+    try:
+        return download_file(url, path, known.get("size"), known.get("sha256"))
+    except DataFileError:
+        raise
+    except OSError as exc:  # no network, HTTP error, timeout (URLError is an OSError)
+        raise DataFileError(
+            f"{display_path(path)} is missing and the download from {url} failed "
+            f"({type(exc).__name__}: {exc}); download that URL yourself and save it as "
+            f"{display_path(path)}"
+        ) from None
+
+
+def assign_weight(param, tensor, name):
+    """Copy tensor into param, or say which tensor does not fit (a config that does not match)."""
+    if param is None:
+        raise ValueError(f"{name}: the model has no parameter for this tensor; build it with qkv_bias=True.")
+    if param.shape != tensor.shape:
+        raise ValueError(
+            f"{name}: the file's tensor has shape {tuple(tensor.shape)} but the model expects "
+            f"{tuple(param.shape)}; build the model with the config of these weights."
+        )
+    with torch.no_grad():
+        param.copy_(tensor)
+
+
+def load_gpt2_params(model, params):
+    """Copy GPT-2 tensors, named as OpenAI/Hugging Face publish them, into our GPTModel."""
+    # Keys may start with "transformer."; "h.N.attn.bias" and "h.N.attn.masked_bias" are the
+    # causal mask and its fill value, buffers our attention makes itself (note: "c_attn.bias"
+    # does not end with ".attn.bias", so the real QKV bias is kept).
+    params = {k.removeprefix("transformer."): v.float() for k, v in params.items()
+              if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    used = set()
+
+    def take(name):
+        if name not in params:
+            raise ValueError(f"The weights have no tensor {name!r}: they are not a GPT-2 of this size.")
+        used.add(name)
+        return params[name]
+
+    assign_weight(model.tok_emb.weight, take("wte.weight"), "wte.weight")
+    assign_weight(model.pos_emb.weight, take("wpe.weight"), "wpe.weight")
+    for i, block in enumerate(model.trf_blocks):
+        h = f"h.{i}."
+        # Conv1D stores weights as (in, out), nn.Linear as (out, in): transpose every matrix.
+        # c_attn is Q, K and V side by side: (emb, 3 * emb) -> three (emb, emb) matrices.
+        q_w, k_w, v_w = take(h + "attn.c_attn.weight").chunk(3, dim=-1)
+        q_b, k_b, v_b = take(h + "attn.c_attn.bias").chunk(3, dim=-1)
+        att = block.att
+        for linear, w, b, part in ((att.W_query, q_w, q_b, "Q"), (att.W_key, k_w, k_b, "K"),
+                                   (att.W_value, v_w, v_b, "V")):
+            assign_weight(linear.weight, w.T, f"{h}attn.c_attn.weight ({part} part)")
+            assign_weight(linear.bias, b, f"{h}attn.c_attn.bias ({part} part)")
+        assign_weight(att.out_proj.weight, take(h + "attn.c_proj.weight").T, h + "attn.c_proj.weight")
+        assign_weight(att.out_proj.bias, take(h + "attn.c_proj.bias"), h + "attn.c_proj.bias")
+        fc, proj = block.ff.layers[0], block.ff.layers[2]
+        assign_weight(fc.weight, take(h + "mlp.c_fc.weight").T, h + "mlp.c_fc.weight")
+        assign_weight(fc.bias, take(h + "mlp.c_fc.bias"), h + "mlp.c_fc.bias")
+        assign_weight(proj.weight, take(h + "mlp.c_proj.weight").T, h + "mlp.c_proj.weight")
+        assign_weight(proj.bias, take(h + "mlp.c_proj.bias"), h + "mlp.c_proj.bias")
+        for norm, ln in ((block.norm1, "ln_1"), (block.norm2, "ln_2")):
+            assign_weight(norm.scale, take(f"{h}{ln}.weight"), f"{h}{ln}.weight")
+            assign_weight(norm.shift, take(f"{h}{ln}.bias"), f"{h}{ln}.bias")
+    assign_weight(model.final_norm.scale, take("ln_f.weight"), "ln_f.weight")
+    assign_weight(model.final_norm.shift, take("ln_f.bias"), "ln_f.bias")
+    # GPT-2 ties its output head to the token embedding; files usually store it only once.
+    head = "lm_head.weight" if "lm_head.weight" in params else "wte.weight"
+    assign_weight(model.out_head.weight, take(head), head)
+    unused = sorted(set(params) - used)
+    if unused:
+        raise ValueError(
+            f"The weights have {len(unused)} tensor(s) the model has no place for, e.g. "
+            f"{unused[:3]}: the config has fewer layers than these weights."
+        )
+    return model
+
+
+def load_gpt2_safetensors(path, cfg):
+    """A GPTModel built from cfg holding the GPT-2 weights stored in the safetensors file path."""
+    try:
+        params = load_file(path)
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated or damaged?): {type(exc).__name__}: {exc}"
+        raise DataFileError(
+            f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); delete it "
+            f"and fetch it again."
         ) from None
-    if model is not None:
-        own = model.state_dict()
-        missing = sorted(set(own) - set(state["model"]))
-        unexpected = sorted(set(state["model"]) - set(own))
-        wrong_shape = sorted(f"{k}: checkpoint {tuple(state['model'][k].shape)} vs model {tuple(v.shape)}"
-                             for k, v in own.items() if k in state["model"] and state["model"][k].shape != v.shape)
-        if missing or unexpected or wrong_shape:
-            raise CheckpointError(
-                f"{path} was saved from a model with a different config. Missing keys: {missing[:5]}; "
-                f"unexpected keys: {unexpected[:5]}; mismatched sizes: {wrong_shape[:5]}"
-            )
-        model.load_state_dict(state["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    return state
+    model = GPTModel(cfg)
+    load_gpt2_params(model, params)
+    return model.eval()
+
+
+def load_pretrained_gpt2(model_name="gpt2", models_dir=None):
+    """OpenAI's pretrained GPT-2 `model_name` as a GPTModel in eval mode (downloaded once)."""
+    return load_gpt2_safetensors(gpt2_weights_path(model_name, models_dir), gpt2_config(model_name))
 
 
 # ---------------------------------------------------------------------------------------------
