@@ -861,10 +861,11 @@ class KVCache:
 
 
 def make_adamw(params, **kwargs):
-    """torch.optim.AdamW with fused=True (one kernel per step instead of a dozen) where this
-    PyTorch and the parameters' device support it, plain AdamW otherwise: the same update."""
+    """torch.optim.AdamW with fused=True (one kernel per step instead of a dozen per parameter)
+    where the parameters' device has the fused kernel, plain AdamW otherwise: the same update."""
     params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda", "mps") and p.is_floating_point() for p in params)
     try:
-        return torch.optim.AdamW(params, fused=True, **kwargs)
-    except (RuntimeError, TypeError):  # an older PyTorch, or a device without the fused kernel
+        return torch.optim.AdamW(params, fused=fused, **kwargs)
+    except (RuntimeError, TypeError):  # an older PyTorch without this fused kernel
         return torch.optim.AdamW(params, **kwargs)

@@ -1,7 +1,8 @@
 """Stage 2: the course's MultiHeadAttention against independent references.
 
 References: PyTorch's fused scaled_dot_product_attention (causal) and nn.MultiheadAttention, fed
-the same weights; the chapter notebook's MultiHeadAttentionWrapper (a loop of single heads) with
+the same weights (the explicit path, use_sdpa=False, is checked against them; the default fused
+path against the explicit one, so no test compares the fused kernel with itself); the chapter notebook's MultiHeadAttentionWrapper (a loop of single heads) with
 tied weights. Plus the contract the later chapters rely on: clear errors, the causal property,
 dropout only in training mode, and the parameter names the GPT-2 weight loader fills.
 """
@@ -29,9 +30,10 @@ SHAPES = [
 ]
 
 
-def make_mha(d_in, d_out, num_heads, context_length, dropout=0.0, qkv_bias=False, seed=0):
+def make_mha(d_in, d_out, num_heads, context_length, dropout=0.0, qkv_bias=False, seed=0, use_sdpa=True):
     torch.manual_seed(seed)
-    return MultiHeadAttention(d_in, d_out, context_length, dropout, num_heads, qkv_bias=qkv_bias)
+    return MultiHeadAttention(d_in, d_out, context_length, dropout, num_heads, qkv_bias=qkv_bias,
+                              use_sdpa=use_sdpa)
 
 
 def sdpa_reference(mha, x):
@@ -51,7 +53,8 @@ def sdpa_reference(mha, x):
 @pytest.mark.parametrize("qkv_bias", [False, True])
 @pytest.mark.parametrize("b,t,d_in,d_out,num_heads,context_length", SHAPES)
 def test_matches_pytorch_scaled_dot_product_attention(b, t, d_in, d_out, num_heads, context_length, qkv_bias):
-    mha = make_mha(d_in, d_out, num_heads, context_length, dropout=0.1, qkv_bias=qkv_bias).eval()
+    """The explicit masked softmax against PyTorch's fused kernel."""
+    mha = make_mha(d_in, d_out, num_heads, context_length, dropout=0.1, qkv_bias=qkv_bias, use_sdpa=False).eval()
     torch.manual_seed(1)
     x = torch.randn(b, t, d_in)
     with torch.no_grad():
@@ -60,10 +63,25 @@ def test_matches_pytorch_scaled_dot_product_attention(b, t, d_in, d_out, num_hea
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("qkv_bias", [False, True])
+@pytest.mark.parametrize("b,t,d_in,d_out,num_heads,context_length", SHAPES)
+def test_fused_path_equals_explicit_path(b, t, d_in, d_out, num_heads, context_length, qkv_bias):
+    """The default (use_sdpa=True) against the explicit path, which the test above checks."""
+    fused = make_mha(d_in, d_out, num_heads, context_length, dropout=0.1, qkv_bias=qkv_bias).eval()
+    explicit = make_mha(d_in, d_out, num_heads, context_length, dropout=0.1, qkv_bias=qkv_bias, use_sdpa=False).eval()
+    assert fused.use_sdpa and not explicit.use_sdpa
+    explicit.load_state_dict(fused.state_dict())
+    torch.manual_seed(1)
+    x = torch.randn(b, t, d_in)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), explicit(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True])
 @pytest.mark.parametrize("b,t,d,num_heads", [(2, 9, 24, 4), (3, 20, 32, 8)])
-def test_matches_nn_multihead_attention(b, t, d, num_heads):
+def test_matches_nn_multihead_attention(b, t, d, num_heads, use_sdpa):
     """A second, independent implementation: torch.nn.MultiheadAttention with a causal mask."""
-    mha = make_mha(d, d, num_heads, context_length=t, qkv_bias=True).eval()
+    mha = make_mha(d, d, num_heads, context_length=t, qkv_bias=True, use_sdpa=use_sdpa).eval()
     ref = nn.MultiheadAttention(d, num_heads, bias=True, batch_first=True).eval()
     with torch.no_grad():
         ref.in_proj_weight.copy_(torch.cat([mha.W_query.weight, mha.W_key.weight, mha.W_value.weight]))
@@ -77,11 +95,12 @@ def test_matches_nn_multihead_attention(b, t, d, num_heads):
         torch.testing.assert_close(mha(x), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_matches_hand_computed_single_head():
+@pytest.mark.parametrize("use_sdpa", [False, True])
+def test_matches_hand_computed_single_head(use_sdpa):
     """One head, identity projections, no output projection: the weights are softmax(x x^T / sqrt(d))
     over the past, computed here row by row with plain Python arithmetic."""
     x = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]])
-    mha = MultiHeadAttention(2, 2, context_length=3, dropout=0.0, num_heads=1)
+    mha = MultiHeadAttention(2, 2, context_length=3, dropout=0.0, num_heads=1, use_sdpa=use_sdpa)
     with torch.no_grad():
         for layer in (mha.W_query, mha.W_key, mha.W_value, mha.out_proj):
             layer.weight.copy_(torch.eye(2))
@@ -148,10 +167,11 @@ def test_too_long_input_is_a_clear_error():
         mha(torch.randn(2, 7, 4))
 
 
+@pytest.mark.parametrize("use_sdpa", [False, True])
 @pytest.mark.parametrize("num_heads", [1, 3])
-def test_causal_changing_a_future_token_never_changes_the_past(num_heads):
+def test_causal_changing_a_future_token_never_changes_the_past(num_heads, use_sdpa):
     t = 9
-    mha = make_mha(6, 12, num_heads, context_length=t).eval()
+    mha = make_mha(6, 12, num_heads, context_length=t, use_sdpa=use_sdpa).eval()
     torch.manual_seed(4)
     x = torch.randn(2, t, 6)
     with torch.no_grad():

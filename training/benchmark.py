@@ -112,15 +112,18 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
-def interleaved(fns, rounds, device, warmup=1):
-    """{name: [seconds per round]}: every round runs each fn once, in order."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+def interleaved(fns, rounds, device, warmup=1, min_seconds=0.2):
+    """{name: [seconds per call, one value per round]}: every round runs each fn in turn.
+    A fast fn is called several times per round (calibrated on its warm-up) and averaged, so
+    that a measurement is not shorter than about min_seconds."""
+    repeats = {}
+    for name, fn in fns.items():
+        elapsed = min((timed(fn, device) for _ in range(warmup)), default=min_seconds)
+        repeats[name] = max(1, min(100, round(min_seconds / max(elapsed, 1e-6))))
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            times[name].append(timed(fn, device))
+            times[name].append(timed(lambda: [fn() for _ in range(repeats[name])], device) / repeats[name])
     return times
 
 
@@ -151,12 +154,13 @@ def training_step(model, optimizer, x, y):
 
 # --- the sections ------------------------------------------------------------------------------
 
-def bench_training(configs, batch_size, seq_len, rounds, n_matmul, device):
+def bench_training(configs, batch_size, rounds, n_matmul, device):
+    """configs: label -> (config, sequence length T)."""
     print("\n== Training: one full step (forward, loss, backward, AdamW), dropout 0.1, float32")
-    print(f"   batch {batch_size} x {seq_len} tokens = {batch_size * seq_len} tokens per step; "
-          f"model FLOPs per token = 6 N + 12 L d T (see the top of this file)")
+    print(f"   batch {batch_size} x T tokens per step; model FLOPs per token = 6 N + 12 L d T "
+          f"(see the top of this file)")
     fns, info = {"matmul": matmul_probe(n_matmul, device)}, {}
-    for label, cfg in configs.items():
+    for label, (cfg, seq_len) in configs.items():
         torch.manual_seed(123)
         model = GPTModel(cfg).to(device).train()
         params = list(model.parameters())
@@ -177,26 +181,26 @@ def bench_training(configs, batch_size, seq_len, rounds, n_matmul, device):
 
         n, flops = model_flops_per_token(model, cfg, seq_len)
         fused = bool(fused_adamw.defaults.get("fused"))
-        info[label] = (n, flops, fused)
+        info[label] = (n, flops, fused, batch_size * seq_len)
         fns[f"{label} | fast path"] = fast
         fns[f"{label} | explicit formulas"] = explicit
     times = interleaved(fns, rounds, device)
     matmul_flops = [2 * n_matmul**3 / t for t in times.pop("matmul")]
     print(f"   machine: {n_matmul}x{n_matmul} float32 matmul: {spread([f / 1e9 for f in matmul_flops], '{:,.1f}')} GFLOP/s")
-    tokens = batch_size * seq_len
-    print(f"   {'config | variant':<38} {'tokens/s median (min-max)':>28} {'step s':>7} {'MFU median (min-max)':>24}")
+    print(f"   {'config | variant':<44} {'tokens/s median (min-max)':>28} {'step s':>7} {'MFU median (min-max)':>24}")
     results = {}
     for name, ts in times.items():
         label = name.split(" | ")[0]
-        n, flops, _ = info[label]
+        n, flops, _, tokens = info[label]
         tok_s = [tokens / t for t in ts]
         mfu = [tokens * flops / t / m for t, m in zip(ts, matmul_flops)]  # same round's matmul
         results[name] = statistics.median(tok_s)
-        print(f"   {name:<38} {spread(tok_s, '{:,.0f}'):>28} {statistics.median(ts):7.2f} "
+        print(f"   {name:<44} {spread(tok_s, '{:,.0f}'):>28} {statistics.median(ts):7.2f} "
               f"{spread([100 * v for v in mfu], '{:.0f}%'):>24}")
-    for label, (n, flops, fused) in info.items():
+    for label, (n, flops, fused, tokens) in info.items():
         ratio = results[f"{label} | fast path"] / results[f"{label} | explicit formulas"]
-        print(f"   {label}: N = {n:,} matmul weights, {flops / 1e6:,.1f} MFLOP per token; "
+        print(f"   {label}: {batch_size} x {tokens // batch_size} tokens, N = {n:,} matmul weights, "
+              f"{flops / 1e6:,.1f} MFLOP per token; "
               f"fast path {ratio:.2f}x the explicit formulas (AdamW fused: {fused})")
     print("   fast path: scaled_dot_product_attention, F.layer_norm, F.gelu, fused AdamW (helpers.py);")
     print("   explicit:  chapters 2-3's masked softmax, LayerNorm and GELU formulas, default AdamW.")
@@ -280,10 +284,9 @@ def main():
     print(f"torch {torch.__version__} on {platform.machine()}, {torch.get_num_threads()} threads "
           f"({os.cpu_count()} logical CPUs), device {device}; {rounds} interleaved rounds")
     if "train" in sections:
-        seq_len = 32 if args.quick else 256
-        bench_training({big_label: big, "small config": SMALL_CONFIG} if not args.quick else {big_label: big},
-                       batch_size=2, seq_len=seq_len, rounds=rounds,
-                       n_matmul=256 if args.quick else 2048, device=device)
+        configs = ({big_label: (big, 32)} if args.quick else
+                   {big_label: (big, 256), "small config": (SMALL_CONFIG, SMALL_CONFIG["context_length"])})
+        bench_training(configs, batch_size=2, rounds=rounds, n_matmul=256 if args.quick else 2048, device=device)
     if "attention" in sections:
         bench_attention(*((64, 4, 32) if args.quick else (768, 12, 256)), rounds=rounds, device=device)
     if "generate" in sections:
