@@ -476,26 +476,38 @@ def evaluate_model(model, train_loader, val_loader, device, eval_iter):
     return train_loss, val_loss
 
 
-def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None):
-    """Sample max_new_tokens tokens: greedy when temperature is 0 (or None), else softmax
-    sampling of logits / temperature, optionally restricted to the top_k most likely tokens.
-    Stops early when eos_id is generated (the eos token is kept in the output)."""
+def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None,
+             use_cache=True):
+    """Append up to max_new_tokens tokens to idx (batch, num_tokens): greedy when temperature
+    is 0 or None, else sampled from softmax(logits / temperature), optionally only among the
+    top_k most likely tokens. Stops early once every sequence has produced eos_id (kept).
+    use_cache=True (for a GPTModel) keeps every layer's keys and values, so each step feeds only
+    the new token: the same tokens, faster (training/LLM-performance.ipynb explains it)."""
     if temperature is not None and temperature < 0:
         raise ValueError(f"temperature must be >= 0 (got {temperature}); use 0 for greedy decoding.")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be at least 1 (got {top_k}), or None to keep every token.")
+    if context_size < 1:
+        raise ValueError(f"context_size must be at least 1 (got {context_size}); use the model's context_length.")
+    use_cache = use_cache and isinstance(model, GPTModel)  # other models cannot take a cache
+    kv_cache = None
     for _ in range(max_new_tokens):
-        idx_cond = idx[:, -context_size:]
         with torch.no_grad():
-            logits = model(idx_cond)[:, -1, :]
+            if not use_cache:
+                logits = model(idx[:, -context_size:])[:, -1, :]  # crop to the context the model supports
+            elif kv_cache is None or kv_cache[0].num_tokens >= context_size:  # first step, or the window is full
+                kv_cache = [KVCache() for _ in model.trf_blocks]  # rebuild from the cropped window
+                logits = model(idx[:, -context_size:], kv_cache=kv_cache)[:, -1, :]
+            else:
+                logits = model(idx[:, -1:], kv_cache=kv_cache)[:, -1, :]  # only the newest token
         if top_k is not None:
             top_logits, _ = torch.topk(logits, min(top_k, logits.shape[-1]))
             logits = logits.masked_fill(logits < top_logits[:, -1:], -torch.inf)
         if temperature:
             probs = torch.softmax(logits / temperature, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1)
+            idx_next = torch.multinomial(probs, num_samples=1)  # (batch, 1)
         else:
-            idx_next = torch.argmax(logits, dim=-1, keepdim=True)
+            idx_next = torch.argmax(logits, dim=-1, keepdim=True)  # (batch, 1)
         idx = torch.cat((idx, idx_next), dim=1)
         if eos_id is not None and (idx_next == eos_id).all():
             break
