@@ -430,6 +430,17 @@ def generate_text_simple(model, idx, max_new_tokens, context_size):
 # Stage 4: training (training/LLM-training.ipynb)
 # ---------------------------------------------------------------------------------------------
 
+GPT_SMALL_CONFIG = {
+    "vocab_size": 50257,    # GPT-2's BPE vocabulary, so GPT-2's tokenizer still works
+    "context_length": 128,  # shorter windows: the-verdict has only about 5,000 tokens
+    "emb_dim": 128,
+    "n_heads": 4,
+    "n_layers": 2,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
+
+
 def get_device():
     """The fastest device here: CUDA, then Apple silicon (MPS), then the CPU."""
     if torch.cuda.is_available():
@@ -441,23 +452,28 @@ def get_device():
 
 def text_to_token_ids(text, tokenizer):
     encoded = tokenizer.encode(text, allowed_special={"<|endoftext|>"})
-    return torch.tensor(encoded).unsqueeze(0)  # add the batch dimension
+    return torch.tensor(encoded).unsqueeze(0)  # add the batch dimension: (1, num_tokens)
 
 
 def token_ids_to_text(token_ids, tokenizer):
-    return tokenizer.decode(token_ids.squeeze(0).tolist())
+    return tokenizer.decode(token_ids.squeeze(0).tolist())  # drop the batch dimension
 
 
 def calc_loss_batch(input_batch, target_batch, model, device):
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
-    logits = model(input_batch)
+    logits = model(input_batch)  # (batch, num_tokens, vocab_size)
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
 
 
 def calc_loss_loader(data_loader, model, device, num_batches=None):
     """Mean loss over the first num_batches batches (all of them when None)."""
     if len(data_loader) == 0:
-        raise ValueError("The data loader has no batches: its text is too short for one batch.")
+        raise ValueError(
+            "The data loader has no batches, so there is no loss to average. Its text is too "
+            "short for one batch: use a smaller batch_size or max_length, or drop_last=False."
+        )
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches must be at least 1 (got {num_batches}), or None for all batches.")
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
     total_loss = 0.0
     for i, (input_batch, target_batch) in enumerate(data_loader):
@@ -468,7 +484,7 @@ def calc_loss_loader(data_loader, model, device, num_batches=None):
 
 
 def evaluate_model(model, train_loader, val_loader, device, eval_iter):
-    model.eval()  # dropout off
+    model.eval()  # dropout off: the loss measures the model, not a random sub-network
     with torch.no_grad():
         train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
         val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
@@ -514,30 +530,37 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
     return idx
 
 
-def generate_and_print_sample(model, tokenizer, device, start_context):
+def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50):
+    """Print a greedy continuation of start_context on one line (a progress check, not a demo)."""
     model.eval()
     context_size = model.pos_emb.weight.shape[0]
     encoded = text_to_token_ids(start_context, tokenizer).to(device)
-    token_ids = generate_text_simple(model, encoded, max_new_tokens=50, context_size=context_size)
+    token_ids = generate_text_simple(model, encoded, max_new_tokens=max_new_tokens,
+                                     context_size=context_size)
     print(token_ids_to_text(token_ids, tokenizer).replace("\n", " "))
     model.train()
 
 
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
                        eval_freq, eval_iter, start_context, tokenizer):
-    """Train for num_epochs; every eval_freq steps print the train and validation losses.
-    Returns the losses and the number of tokens seen at each evaluation."""
+    """Train for num_epochs; every eval_freq steps print the train and validation losses,
+    after each epoch print a sample. Returns the losses and the tokens seen at each evaluation."""
     if len(train_loader) == 0:
-        raise ValueError("The training loader has no batches: its text is too short for one batch.")
+        raise ValueError(
+            "The training loader has no batches, so there is nothing to train on. Its text is too "
+            "short for one batch: use a smaller batch_size or max_length, or drop_last=False."
+        )
+    if eval_freq < 1:
+        raise ValueError(f"eval_freq must be at least 1 step (got {eval_freq}).")
     train_losses, val_losses, track_tokens_seen = [], [], []
     tokens_seen, global_step = 0, -1
     for epoch in range(num_epochs):
-        model.train()
+        model.train()  # dropout on
         for input_batch, target_batch in train_loader:
             optimizer.zero_grad()  # gradients accumulate by default: reset them every step
             loss = calc_loss_batch(input_batch, target_batch, model, device)
-            loss.backward()
-            optimizer.step()
+            loss.backward()  # d loss / d every parameter
+            optimizer.step()  # move every parameter a little against its gradient
             tokens_seen += input_batch.numel()
             global_step += 1
             if global_step % eval_freq == 0:

@@ -1,0 +1,273 @@
+"""Stage 4: the loss, the training loop and generate(), on tiny models that run in seconds."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from helpers import (GPT_SMALL_CONFIG, GPTModel, calc_loss_batch, calc_loss_loader, check_config,
+                     evaluate_model, generate, generate_text_simple, text_to_token_ids,
+                     token_ids_to_text, train_model_simple)
+
+TINY = {"vocab_size": 50, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 1,
+        "drop_rate": 0.0, "qkv_bias": False}
+CPU = torch.device("cpu")
+
+
+def tiny_model(seed=123, **overrides):
+    torch.manual_seed(seed)
+    model = GPTModel({**TINY, **overrides})
+    model.eval()
+    return model
+
+
+def tiny_batches(num_batches=3, batch_size=2, seed=0):
+    """Sequences that count up modulo the vocabulary, so the next token is learnable."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(num_batches):
+        starts = torch.randint(0, TINY["vocab_size"], (batch_size, 1), generator=g)
+        seq = (starts + torch.arange(TINY["context_length"] + 1)) % TINY["vocab_size"]
+        batches.append((seq[:, :-1], seq[:, 1:]))
+    return batches
+
+
+class Tok:
+    """A stand-in tokenizer for train_model_simple's samples: ids shown as numbers."""
+
+    def encode(self, text, allowed_special=()):
+        return [int(t) for t in text.split()]
+
+    def decode(self, ids):
+        return " ".join(str(i) for i in ids)
+
+
+class FixedLogits(nn.Module):
+    """A 'model' that always predicts the same next-token logits; records the inputs it saw."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.as_tensor(logits, dtype=torch.float)
+        self.seen_lengths = []
+
+    def forward(self, idx):
+        self.seen_lengths.append(idx.shape[1])
+        return self.logits.expand(idx.shape[0], idx.shape[1], -1).clone()
+
+
+# ---------------------------------------------------------------------------- the loss
+
+def test_hand_computed_cross_entropy_equals_pytorch():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 7)
+    targets = torch.tensor([[1, 6, 0], [3, 3, 5]])
+    probas = torch.softmax(logits, dim=-1)
+    target_probas = torch.gather(probas, -1, targets.unsqueeze(-1)).squeeze(-1)
+    by_hand = -torch.log(target_probas).mean()
+    # and from the definition, element by element, in double precision
+    total = 0.0
+    for b in range(2):
+        for t in range(3):
+            z = logits[b, t].double()
+            total += -(z[targets[b, t]] - torch.logsumexp(z, 0)).item()
+    ref = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    assert torch.isclose(by_hand, ref, atol=1e-6)
+    assert math.isclose(total / 6, ref.item(), rel_tol=1e-6)
+
+
+def test_calc_loss_batch_is_cross_entropy_of_the_model():
+    model = tiny_model()
+    x, y = tiny_batches(1)[0]
+    with torch.no_grad():
+        logits = model(x)
+        expected = -torch.log_softmax(logits, -1).gather(-1, y.unsqueeze(-1)).mean()
+        assert torch.isclose(calc_loss_batch(x, y, model, CPU), expected, atol=1e-6)
+
+
+def test_untrained_loss_is_near_log_vocab():
+    model = tiny_model()
+    with torch.no_grad():
+        loss = calc_loss_loader(tiny_batches(4), model, CPU)
+    assert abs(loss - math.log(TINY["vocab_size"])) < 0.5
+
+
+def test_calc_loss_loader_averages_the_first_batches():
+    model = tiny_model()
+    batches = tiny_batches(4)
+    with torch.no_grad():
+        each = [calc_loss_batch(x, y, model, CPU).item() for x, y in batches]
+        assert math.isclose(calc_loss_loader(batches, model, CPU), sum(each) / 4, rel_tol=1e-6)
+        assert math.isclose(calc_loss_loader(batches, model, CPU, num_batches=2), sum(each[:2]) / 2, rel_tol=1e-6)
+        assert math.isclose(calc_loss_loader(batches, model, CPU, num_batches=99), sum(each) / 4, rel_tol=1e-6)
+
+
+def test_empty_loader_is_a_clear_error():
+    with pytest.raises(ValueError, match="no batches"):
+        calc_loss_loader([], tiny_model(), CPU)
+
+
+def test_zero_num_batches_is_a_clear_error():
+    with pytest.raises(ValueError, match="num_batches must be at least 1"):
+        calc_loss_loader(tiny_batches(2), tiny_model(), CPU, num_batches=0)
+
+
+# ---------------------------------------------------------------------------- training
+
+def train_tiny(seed=123, steps_epochs=3, capsys=None):
+    model = tiny_model(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    batches = tiny_batches(3)
+    torch.manual_seed(seed)
+    losses = train_model_simple(model, batches, batches[:1], optimizer, CPU, num_epochs=steps_epochs,
+                                eval_freq=1, eval_iter=3, start_context="1 2 3", tokenizer=Tok())
+    return model, losses
+
+
+def test_a_few_steps_lower_the_training_loss(capsys):
+    model, (train_losses, val_losses, tokens_seen) = train_tiny()
+    with torch.no_grad():
+        final = calc_loss_loader(tiny_batches(3), model, CPU)
+    assert train_losses[-1] < train_losses[0] - 0.5
+    assert final < math.log(TINY["vocab_size"]) - 0.5
+    # one evaluation per step (eval_freq=1): 3 epochs x 3 batches of 2 x 8 tokens
+    assert len(train_losses) == len(val_losses) == 9
+    assert tokens_seen == [16 * (i + 1) for i in range(9)]
+    out = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("Ep ") for line in out) == 9  # one line per evaluation
+    assert sum(line.startswith("1 2 3") for line in out) == 3  # one sample per epoch
+
+
+def test_fixed_seed_gives_identical_weights(capsys):
+    a, _ = train_tiny(seed=7)
+    b, _ = train_tiny(seed=7)
+    c, _ = train_tiny(seed=8)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_evaluate_model_restores_train_mode_and_disables_dropout():
+    model = tiny_model(drop_rate=0.5)
+    model.train()
+    batches = tiny_batches(2)
+    first = evaluate_model(model, batches, batches, CPU, eval_iter=2)
+    second = evaluate_model(model, batches, batches, CPU, eval_iter=2)
+    assert first == second  # dropout off during evaluation: deterministic
+    assert model.training
+
+
+def test_empty_training_loader_is_a_clear_error():
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(ValueError, match="training loader has no batches"):
+        train_model_simple(model, [], tiny_batches(1), optimizer, CPU, 1, 1, 1, "1", Tok())
+
+
+def test_small_config_is_valid_and_small():
+    check_config(GPT_SMALL_CONFIG)
+    assert GPT_SMALL_CONFIG["vocab_size"] == 50257  # GPT-2's tokenizer
+    assert GPT_SMALL_CONFIG["context_length"] <= 256 and 128 <= GPT_SMALL_CONFIG["emb_dim"] <= 256
+
+
+# ---------------------------------------------------------------------------- text <-> ids
+
+def test_text_token_ids_round_trip():
+    import tiktoken
+    tok = tiktoken.get_encoding("gpt2")
+    ids = text_to_token_ids("Every effort moves you<|endoftext|>", tok)
+    assert ids.shape == (1, 5) and ids[0, -1].item() == 50256
+    assert token_ids_to_text(ids, tok) == "Every effort moves you<|endoftext|>"
+
+
+# ---------------------------------------------------------------------------- generate()
+
+@pytest.mark.parametrize("temperature", [0, 0.0, None])
+def test_temperature_zero_or_none_is_greedy_and_deterministic(temperature):
+    model = tiny_model()
+    idx = torch.tensor([[1, 2, 3]])
+    ref = generate_text_simple(model, idx, max_new_tokens=6, context_size=8)
+    torch.manual_seed(1)
+    out1 = generate(model, idx, 6, 8, temperature=temperature)
+    torch.manual_seed(2)
+    out2 = generate(model, idx, 6, 8, temperature=temperature)
+    assert torch.equal(out1, ref) and torch.equal(out2, ref)
+
+
+def test_greedy_picks_the_argmax_of_the_logits():
+    model = FixedLogits([0.1, 3.0, -1.0, 2.9])
+    out = generate(model, torch.tensor([[0]]), max_new_tokens=3, context_size=4)
+    assert out.tolist() == [[0, 1, 1, 1]]
+
+
+def test_top_k_one_equals_greedy_at_any_temperature():
+    model = tiny_model()
+    idx = torch.tensor([[5, 6, 7], [9, 8, 7]])
+    greedy = generate(model, idx, 6, 8)
+    for seed, temperature in [(0, 0.5), (1, 1.0), (2, 5.0)]:
+        torch.manual_seed(seed)
+        assert torch.equal(generate(model, idx, 6, 8, temperature=temperature, top_k=1), greedy)
+
+
+def test_top_k_samples_only_the_k_best_tokens():
+    model = FixedLogits([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    torch.manual_seed(0)
+    out = generate(model, torch.zeros(64, 1, dtype=torch.long), max_new_tokens=1, context_size=4,
+                   temperature=10.0, top_k=2)
+    assert set(out[:, 1].tolist()) == {0, 1}  # a flat temperature, but only the top 2 survive
+
+
+def test_sampling_follows_softmax_over_temperature():
+    logits = torch.tensor([2.0, 1.0, 0.0])
+    model = FixedLogits(logits)
+    torch.manual_seed(0)
+    out = generate(model, torch.zeros(4000, 1, dtype=torch.long), 1, 4, temperature=2.0)
+    freq = torch.bincount(out[:, 1], minlength=3).float() / 4000
+    expected = torch.exp(logits / 2) / torch.exp(logits / 2).sum()
+    assert torch.allclose(freq, expected, atol=0.03)
+
+
+def test_stops_at_eos_id():
+    model = FixedLogits([0.0, 0.0, 9.0, 0.0])  # always predicts token 2
+    out = generate(model, torch.tensor([[0, 1]]), max_new_tokens=10, context_size=4, eos_id=2)
+    assert out.tolist() == [[0, 1, 2]]
+    # a trained-model case: stop at the 3rd greedy token
+    tiny = tiny_model()
+    idx = torch.tensor([[1, 2, 3]])
+    greedy = generate(tiny, idx, 8, 8)
+    eos = greedy[0, 5].item()
+    stopped = generate(tiny, idx, 8, 8, eos_id=eos)
+    assert stopped[0, -1].item() == eos and stopped.shape[1] <= 6
+    assert torch.equal(stopped, greedy[:, :stopped.shape[1]])
+
+
+def test_never_exceeds_max_new_tokens():
+    model = tiny_model()
+    idx = torch.tensor([[1, 2]])
+    for n in [0, 1, 5, 20]:
+        torch.manual_seed(0)
+        assert generate(model, idx, n, 8, temperature=1.0, top_k=5, eos_id=49).shape[1] <= 2 + n
+        assert generate(model, idx, n, 8).shape[1] == 2 + n  # no eos: exactly n
+
+
+def test_crops_context_longer_than_the_model_supports():
+    model = tiny_model()
+    long_idx = torch.arange(20).unsqueeze(0) % TINY["vocab_size"]  # 20 > context_length 8
+    out = generate(model, long_idx, max_new_tokens=4, context_size=TINY["context_length"])
+    assert out.shape == (1, 24) and torch.equal(out[:, :20], long_idx)
+    # cropping keeps only the last 8 tokens, so the first 12 cannot matter
+    other = long_idx.clone()
+    other[0, :12] = 0
+    assert torch.equal(generate(model, other, 4, 8)[:, 20:], out[:, 20:])
+    spy = FixedLogits([0.0, 1.0])
+    generate(spy, long_idx, 3, context_size=8)
+    assert max(spy.seen_lengths) == 8
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"temperature": -0.5}, "temperature must be >= 0"),
+    ({"top_k": 0}, "top_k must be at least 1"),
+    ({"top_k": -3}, "top_k must be at least 1"),
+])
+def test_bad_decoding_arguments_are_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        generate(tiny_model(), torch.tensor([[1]]), 3, 8, **kwargs)
