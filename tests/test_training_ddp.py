@@ -25,10 +25,14 @@ TINY_ARGS = ["--epochs", "1", "--context-length", "32", "--emb-dim", "16", "--n-
              "--n-layers", "1", "--drop-rate", "0", "--eval-freq", "100", "--eval-iter", "1"]
 TIMEOUT_S = 120  # a hung collective fails the test instead of blocking it
 
+_spec = importlib.util.spec_from_file_location("train_ddp", SCRIPT)
+train_ddp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_ddp)
+
 
 def run(args):
     """Run a command with its own process group, so a timeout kills torchrun's workers too."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per rank: two ranks share the cores
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
@@ -50,11 +54,12 @@ def final_weights(path):
 
 
 def test_two_ranks_agree_with_each_other_and_with_one_process(tmp_path):
-    code, log = torchrun(2, *TINY_ARGS, "--batch-size", "8", "--out", tmp_path / "ddp.pt",
-                         "--save-rank-states", tmp_path / "ddp")
+    code, log = torchrun(2, *TINY_ARGS, "--batch-size", "8", "--out", str(tmp_path / "ddp.pt"),
+                         "--save-rank-states", str(tmp_path / "ddp"))
     assert code == 0, log
+    # The reference: one process, started without torchrun (so no process group, no DDP).
     code, single_log = run([sys.executable, str(SCRIPT), *TINY_ARGS, "--batch-size", "16",
-                            "--out", tmp_path / "single.pt"])
+                            "--out", str(tmp_path / "single.pt")])
     assert code == 0, single_log
 
     rank0, rank1 = final_weights(tmp_path / "ddp" / "rank0.pt"), final_weights(tmp_path / "ddp" / "rank1.pt")
@@ -84,7 +89,7 @@ def test_two_ranks_agree_with_each_other_and_with_one_process(tmp_path):
 
 def test_more_ranks_than_batches_fails_fast_with_a_clear_message(tmp_path):
     # ~140 training windows of 32 tokens: one batch of 100 for one process, none for each of two
-    code, log = torchrun(2, *TINY_ARGS, "--batch-size", "100", "--out", tmp_path / "never.pt")
+    code, log = torchrun(2, *TINY_ARGS, "--batch-size", "100", "--out", str(tmp_path / "never.pt"))
     assert code != 0
     assert "With 2 processes each one gets" in log and "fewer than --batch-size 100" in log
     assert "Start fewer processes (torchrun --nproc_per_node)" in log
@@ -155,9 +160,6 @@ def test_other_ranks_train_without_evaluating_or_printing(one_rank_group, capsys
 
 
 def test_bad_arguments_name_the_flag(capsys):
-    spec = importlib.util.spec_from_file_location("train_ddp", SCRIPT)
-    train_ddp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_ddp)
     with pytest.raises(SystemExit):
         train_ddp.parse_args(["--batch-size", "0"])
     assert "--batch-size must be at least 1 (got 0)" in capsys.readouterr().err
