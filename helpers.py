@@ -542,9 +542,12 @@ def generate_and_print_sample(model, tokenizer, device, start_context, max_new_t
 
 
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
-                       eval_freq, eval_iter, start_context, tokenizer):
+                       eval_freq, eval_iter, start_context, tokenizer, is_main_process=True):
     """Train for num_epochs; every eval_freq steps print the train and validation losses,
-    after each epoch print a sample. Returns the losses and the tokens seen at each evaluation."""
+    after each epoch print a sample. Returns the losses and the tokens seen at each evaluation.
+
+    Under DistributedDataParallel (training/train_ddp.py) every process trains, but only the one
+    with is_main_process=True evaluates and prints; the others return empty lists."""
     if len(train_loader) == 0:
         raise ValueError(
             "The training loader has no batches, so there is nothing to train on. Its text is too "
@@ -554,8 +557,12 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
         raise ValueError(f"eval_freq must be at least 1 step (got {eval_freq}).")
     train_losses, val_losses, track_tokens_seen = [], [], []
     tokens_seen, global_step = 0, -1
+    plain_model = getattr(model, "module", model)  # the GPTModel inside a DDP wrapper, if any
     for epoch in range(num_epochs):
         model.train()  # dropout on
+        sampler = getattr(train_loader, "sampler", None)  # a plain list of batches has none
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # a DistributedSampler: a new shuffle each epoch
         for input_batch, target_batch in train_loader:
             optimizer.zero_grad()  # gradients accumulate by default: reset them every step
             loss = calc_loss_batch(input_batch, target_batch, model, device)
@@ -563,14 +570,16 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
             optimizer.step()  # move every parameter a little against its gradient
             tokens_seen += input_batch.numel()
             global_step += 1
-            if global_step % eval_freq == 0:
-                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+            if global_step % eval_freq == 0 and is_main_process:
+                # the plain model: a DDP wrapper's forward may sync buffers, waiting for every process
+                train_loss, val_loss = evaluate_model(plain_model, train_loader, val_loader, device, eval_iter)
                 train_losses.append(train_loss)
                 val_losses.append(val_loss)
                 track_tokens_seen.append(tokens_seen)
                 print(f"Ep {epoch + 1} (step {global_step:06d}): "
                       f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
-        generate_and_print_sample(model, tokenizer, device, start_context)
+        if is_main_process:
+            generate_and_print_sample(plain_model, tokenizer, device, start_context)
     return train_losses, val_losses, track_tokens_seen
 
 

@@ -1,0 +1,165 @@
+"""training/train_ddp.py: chapter 4's loop under torchrun and DistributedDataParallel, on CPU (gloo).
+
+Two ranks must end with identical weights, equal (within float tolerance) to one process that
+trains on the same global batches: DDP averages the ranks' gradients, and with equal per-rank
+batches that average is the gradient of the mean loss over the whole global batch. A launch that
+leaves a rank without a batch must fail at once with a message that says what to change.
+"""
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from helpers import GPTModel, load_checkpoint, train_model_simple
+from notebook_tools import ROOT
+
+SCRIPT = ROOT / "training" / "train_ddp.py"
+TINY_ARGS = ["--epochs", "1", "--context-length", "32", "--emb-dim", "16", "--n-heads", "2",
+             "--n-layers", "1", "--drop-rate", "0", "--eval-freq", "100", "--eval-iter", "1"]
+TIMEOUT_S = 120  # a hung collective fails the test instead of blocking it
+
+_spec = importlib.util.spec_from_file_location("train_ddp", SCRIPT)
+train_ddp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_ddp)
+
+
+def run(args):
+    """Run a command with its own process group, so a timeout kills torchrun's workers too."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per rank: two ranks share the cores
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{' '.join(map(str, args[1:]))} still ran after {TIMEOUT_S} s: a hang")
+    return proc.returncode, output
+
+
+def torchrun(nproc, *args):
+    return run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={nproc}", str(SCRIPT), *args])
+
+
+def final_weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_two_ranks_agree_with_each_other_and_with_one_process(tmp_path):
+    code, log = torchrun(2, *TINY_ARGS, "--batch-size", "8", "--out", str(tmp_path / "ddp.pt"),
+                         "--save-rank-states", str(tmp_path / "ddp"))
+    assert code == 0, log
+    # The reference: one process, started without torchrun (so no process group, no DDP).
+    code, single_log = run([sys.executable, str(SCRIPT), *TINY_ARGS, "--batch-size", "16",
+                            "--out", str(tmp_path / "single.pt")])
+    assert code == 0, single_log
+
+    rank0, rank1 = final_weights(tmp_path / "ddp" / "rank0.pt"), final_weights(tmp_path / "ddp" / "rank1.pt")
+    single = final_weights(tmp_path / "single.pt")
+    assert rank0.keys() == rank1.keys() == single.keys()
+    for name in rank0:  # the same all-reduced gradients and the same AdamW step: bit for bit
+        assert torch.equal(rank0[name], rank1[name]), f"{name} differs between the ranks"
+    for name in rank0:  # the same global batches, summed in another order: float tolerance
+        torch.testing.assert_close(rank0[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
+
+    # The comparison can fail: training moved the weights far beyond that tolerance.
+    checkpoint = load_checkpoint(tmp_path / "ddp.pt")
+    torch.manual_seed(123)  # --seed's default seeds the initial weights
+    initial = GPTModel(checkpoint["config"]).state_dict()
+    assert max((rank0[k] - initial[k]).abs().max().item() for k in rank0) > 1e-3
+    assert all(torch.equal(checkpoint["model"][k], rank0[k]) for k in rank0)
+    assert checkpoint["world_size"] == 2 and checkpoint["step"] > 1
+    assert "optimizer" in checkpoint
+
+    # Only rank 0 evaluates and prints; one step learns from 2 x 8 = 16 sequences, like one process.
+    assert log.count("Ep 1 (step 000000)") == 1
+    assert log.count("Every effort moves you") == 1
+    assert "2 process(es) on cpu x batch 8 = 16 sequences per step" in log
+    steps = checkpoint["step"]
+    assert f"x batch 16 = 16 sequences per step, {steps} steps per epoch" in single_log
+
+
+def test_more_ranks_than_batches_fails_fast_with_a_clear_message(tmp_path):
+    # ~140 training windows of 32 tokens: one batch of 100 for one process, none for each of two
+    code, log = torchrun(2, *TINY_ARGS, "--batch-size", "100", "--out", str(tmp_path / "never.pt"))
+    assert code != 0
+    assert "With 2 processes each one gets" in log and "fewer than --batch-size 100" in log
+    assert "Start fewer processes (torchrun --nproc_per_node)" in log
+    assert not (tmp_path / "never.pt").exists()
+
+
+@pytest.fixture
+def one_rank_group():
+    """A real gloo process group of one rank, inside this process."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+class Tok:
+    def encode(self, text, allowed_special=()):
+        return [int(t) for t in text.split()]
+
+    def decode(self, ids):
+        return " ".join(str(i) for i in ids)
+
+
+class RecordingSampler(DistributedSampler):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epochs = []
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+        super().set_epoch(epoch)
+
+
+def tiny_loader():
+    seq = torch.arange(4 * 9).view(4, 9) % 50
+    dataset = TensorDataset(seq[:, :-1], seq[:, 1:])
+    sampler = RecordingSampler(dataset, num_replicas=1, rank=0, seed=0)
+    return DataLoader(dataset, batch_size=2, sampler=sampler)
+
+
+def tiny_ddp_model():
+    torch.manual_seed(0)
+    cfg = {"vocab_size": 50, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 1,
+           "drop_rate": 0.0, "qkv_bias": False}
+    return DistributedDataParallel(GPTModel(cfg))
+
+
+def test_the_loop_reshuffles_each_epoch_and_reports_on_the_plain_model(one_rank_group, capsys):
+    model, loader = tiny_ddp_model(), tiny_loader()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    train_losses, _, _ = train_model_simple(model, loader, loader, optimizer, torch.device("cpu"),
+                                            num_epochs=3, eval_freq=1, eval_iter=1,
+                                            start_context="1 2", tokenizer=Tok())
+    assert loader.sampler.epochs == [0, 1, 2]
+    assert len(train_losses) == 6  # 3 epochs x 2 batches, evaluated after every step
+    assert capsys.readouterr().out.count("\n1 2 ") == 3  # a sample per epoch, from the wrapped GPTModel
+
+
+def test_other_ranks_train_without_evaluating_or_printing(one_rank_group, capsys):
+    model, loader = tiny_ddp_model(), tiny_loader()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = train_model_simple(model, loader, loader, optimizer, torch.device("cpu"), num_epochs=1,
+                                eval_freq=1, eval_iter=1, start_context="1 2", tokenizer=Tok(),
+                                is_main_process=False)
+    assert losses == ([], [], [])
+    assert capsys.readouterr().out == ""
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_bad_arguments_name_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        train_ddp.parse_args(["--batch-size", "0"])
+    assert "--batch-size must be at least 1 (got 0)" in capsys.readouterr().err
