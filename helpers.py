@@ -913,3 +913,214 @@ def make_adamw(params, **kwargs):
         return torch.optim.AdamW(params, fused=fused, **kwargs)
     except (RuntimeError, TypeError):  # an older PyTorch without this fused kernel
         return torch.optim.AdamW(params, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 6: finetuning (finetune/LLM-finetune-classification.ipynb, finetune/LLM-finetune-instructions.ipynb)
+# ---------------------------------------------------------------------------------------------
+
+BASE_CONFIG = {
+    "vocab_size": 50257,     # GPT-2's tokenizer, so the end-of-text id 50256 exists
+    "context_length": 128,   # room for a 64-token SMS and for every instruction example
+    "emb_dim": 128,
+    "n_heads": 4,
+    "n_layers": 4,
+    "drop_rate": 0.0,
+    "qkv_bias": False,
+}
+
+BASE_RECIPE = {
+    "texts": ["tinyshakespeare.txt", "the-verdict.txt"],
+    "steps": 120,            # about a minute on a 2-core laptop CPU
+    "batch_size": 4,
+    "max_length": 128,       # full-context windows, so every position embedding gets trained
+    "lr": 2e-3,
+    "weight_decay": 0.1,
+    "seed": 123,
+}
+
+
+def base_model_path(cfg, recipe, models_dir=None):
+    """Cache file of the self-pretrained base. Its name is a hash of the config AND the recipe,
+    so changing either trains a new model instead of silently loading a stale one."""
+    spec = json.dumps({"config": cfg, "recipe": recipe}, sort_keys=True)
+    key = hashlib.sha256(spec.encode("utf-8")).hexdigest()[:16]
+    models_dir = Path(models_dir) if models_dir is not None else DATA_DIR
+    return models_dir / f"base-gpt-{key}.pth"
+
+
+def pretrain_base_model(cfg, recipe):
+    """Pretrain a GPTModel(cfg) from scratch for recipe["steps"] steps on the course's text
+    files (seeded, so a rerun gives the same model). Returns the model in eval mode."""
+    text = "<|endoftext|>".join(
+        get_data_file(name).read_text(encoding="utf-8") for name in recipe["texts"]
+    )
+    torch.manual_seed(recipe["seed"])
+    loader = create_dataloader_v1(text, batch_size=recipe["batch_size"], max_length=recipe["max_length"],
+                                  stride=recipe["max_length"], shuffle=True, drop_last=True)
+    device = get_device()
+    model = GPTModel(cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    model.train()
+    step = 0
+    while step < recipe["steps"]:  # as many passes over the text as the steps need
+        for input_batch, target_batch in loader:
+            optimizer.zero_grad()
+            calc_loss_batch(input_batch, target_batch, model, device).backward()
+            optimizer.step()
+            step += 1
+            if step == recipe["steps"]:
+                break
+    return model.to("cpu").eval()
+
+
+def load_base_model(cfg=BASE_CONFIG, recipe=BASE_RECIPE, models_dir=None, use_gpt2=True):
+    """The best base model available, as (model, config, description).
+
+    OpenAI's GPT-2 124M when its weights can be loaded (and use_gpt2 is True); otherwise the
+    course's own small GPT: pretrained once with `recipe`, cached in data/, loaded from there
+    on every later run.
+    """
+    if use_gpt2:
+        try:
+            model = load_pretrained_gpt2("gpt2")
+            return model, {**GPT_124M_CONFIG, "qkv_bias": True}, "OpenAI GPT-2 124M (pretrained weights)"
+        except DataFileError:
+            pass
+    path = base_model_path(cfg, recipe, models_dir)
+    if path.is_file():
+        model = GPTModel(cfg)
+        load_checkpoint(path, model)
+        how = "loaded from the cache"
+    else:
+        model = pretrain_base_model(cfg, recipe)
+        save_checkpoint(path, model, config=cfg, recipe=recipe)
+        how = "pretrained now, then cached"
+    num_params = sum(p.numel() for p in model.parameters())
+    description = (f"self-pretrained GPT ({cfg['n_layers']} layers, {cfg['emb_dim']}-dim, "
+                   f"{num_params / 1e6:.1f}M parameters; {recipe['steps']} steps on "
+                   f"{' + '.join(recipe['texts'])}), {how}")
+    return model.eval(), cfg, description
+
+
+class SpamDataset(Dataset):
+    """SMS messages as token ids, truncated to max_length and right-padded with pad_token_id
+    (GPT-2's end-of-text), with their labels (1 = spam, 0 = not spam)."""
+
+    def __init__(self, texts, labels, tokenizer, max_length, pad_token_id=50256):
+        if len(texts) != len(labels):
+            raise ValueError(f"Got {len(texts)} texts but {len(labels)} labels: one label per text.")
+        self.labels = list(labels)
+        self.max_length = max_length
+        self.num_truncated = 0
+        self.encoded_texts = []
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise ValueError(f"Message {i} ({text!r}) has no text: remove empty messages first.")
+            token_ids = tokenizer.encode(text)
+            if len(token_ids) > max_length:
+                self.num_truncated += 1
+                token_ids = token_ids[:max_length]  # keep the beginning of a long message
+            self.encoded_texts.append(token_ids + [pad_token_id] * (max_length - len(token_ids)))
+
+    def __getitem__(self, index):
+        return torch.tensor(self.encoded_texts[index]), torch.tensor(self.labels[index])
+
+    def __len__(self):
+        return len(self.encoded_texts)
+
+
+def last_real_token_logits(model, input_ids, pad_token_id=50256):
+    """The model's outputs at each row's last REAL token, (batch, num_classes).
+
+    Rows are right-padded, so for every shorter message the last position holds padding.
+    The tokenizer never emits the end-of-text id for ordinary text, so the real tokens of a
+    row are the ones that are not pad_token_id, and the last one sits at num_real - 1.
+    """
+    num_real = (input_ids != pad_token_id).sum(dim=1)  # (batch,)
+    if (num_real == 0).any():
+        raise ValueError("A row holds only padding: every message needs at least one real token.")
+    logits = model(input_ids)  # (batch, num_tokens, num_classes)
+    return logits[torch.arange(input_ids.shape[0], device=input_ids.device), num_real - 1]
+
+
+def classify(text, model, tokenizer, device, max_length=None, pad_token_id=50256):
+    """'spam' or 'not spam' for one message, read at its last real token. Messages longer than
+    max_length (default: the model's context length) are truncated to their first tokens."""
+    context_length = model.pos_emb.weight.shape[0]
+    max_length = context_length if max_length is None else max_length
+    if not 1 <= max_length <= context_length:
+        raise ValueError(f"max_length={max_length} does not fit the model's context of "
+                         f"{context_length} tokens: use 1 <= max_length <= {context_length}.")
+    if not text.strip():
+        raise ValueError(f"The message {text!r} has no text: give classify a non-empty message.")
+    token_ids = tokenizer.encode(text)[:max_length]
+    input_ids = torch.tensor(token_ids, device=device).unsqueeze(0)
+    model.eval()
+    with torch.no_grad():
+        logits = last_real_token_logits(model, input_ids, pad_token_id)
+    return "spam" if logits.argmax(dim=-1).item() == 1 else "not spam"
+
+
+def format_input(entry):
+    """The Alpaca prompt for one entry, ending where the model's response begins."""
+    instruction_text = (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request."
+        f"\n\n### Instruction:\n{entry['instruction']}"
+    )
+    input_text = f"\n\n### Input:\n{entry['input']}" if entry["input"] else ""
+    return instruction_text + input_text + "\n\n### Response:\n"
+
+
+class InstructionDataset(Dataset):
+    """Each entry as (token ids of prompt + response, number of prompt tokens)."""
+
+    def __init__(self, data, tokenizer):
+        self.items = []
+        for i, entry in enumerate(data):
+            missing = [key for key in ("instruction", "input", "output") if key not in entry]
+            if missing:
+                raise ValueError(f"Entry {i} lacks the key(s) {missing}; each entry needs "
+                                 f"'instruction', 'input' (may be empty) and 'output'.")
+            prompt_ids = tokenizer.encode(format_input(entry))
+            response_ids = tokenizer.encode(entry["output"])
+            self.items.append((prompt_ids + response_ids, len(prompt_ids)))
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+    def __len__(self):
+        return len(self.items)
+
+
+def instruction_collate_fn(batch, pad_token_id=50256, ignore_index=-100,
+                           allowed_max_length=None, mask_prompt=True):
+    """Pad a batch of (token_ids, prompt_length) to one length and shift it into (inputs, targets).
+
+    Every sequence gets at least one end-of-text token; that first one stays in the targets (the
+    model must learn to stop), the rest of the padding becomes ignore_index, and so does the
+    prompt when mask_prompt is True: cross_entropy skips ignore_index targets.
+    """
+    if not batch:
+        raise ValueError("The batch is empty.")
+    batch_max_length = max(len(token_ids) + 1 for token_ids, _ in batch)
+    inputs_lst, targets_lst = [], []
+    for i, (token_ids, prompt_length) in enumerate(batch):
+        padded = token_ids + [pad_token_id] * (batch_max_length - len(token_ids))
+        inputs = torch.tensor(padded[:-1])   # (batch_max_length - 1,)
+        targets = torch.tensor(padded[1:])   # the next token at every position
+        targets[len(token_ids):] = ignore_index  # all padding but the first end-of-text
+        if mask_prompt:
+            targets[:prompt_length - 1] = ignore_index  # predictions of prompt tokens
+        if allowed_max_length is not None:
+            inputs, targets = inputs[:allowed_max_length], targets[:allowed_max_length]
+        if (targets == ignore_index).all():
+            raise ValueError(
+                f"Example {i} of the batch keeps no target token: its prompt has {prompt_length} "
+                f"tokens and allowed_max_length is {allowed_max_length}. Raise allowed_max_length "
+                f"or drop examples whose prompt does not fit."
+            )
+        inputs_lst.append(inputs)
+        targets_lst.append(targets)
+    return torch.stack(inputs_lst), torch.stack(targets_lst)
