@@ -8,6 +8,7 @@ import torch.nn as nn
 from helpers import (GPT_SMALL_CONFIG, GPTModel, calc_loss_batch, calc_loss_loader, check_config,
                      evaluate_model, generate, generate_text_simple, text_to_token_ids,
                      token_ids_to_text, train_model_simple)
+from notebook_tools import ROOT, cell_source, code_cells
 
 TINY = {"vocab_size": 50, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 1,
         "drop_rate": 0.0, "qkv_bias": False}
@@ -271,3 +272,18 @@ def test_crops_context_longer_than_the_model_supports():
 def test_bad_decoding_arguments_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         generate(tiny_model(), torch.tensor([[1]]), 3, 8, **kwargs)
+
+
+def test_the_124m_switch_sets_the_settings_the_chapter_states():
+    """The training chapter's USE_124M switch, run with True: GPT-2's 124M architecture at
+    context 256 with the book's settings (the numbers in training/README.md were measured so)."""
+    cells = [cell_source(c) for c in code_cells(ROOT / "training" / "LLM-training.ipynb")]
+    switch = next(src for src in cells if src.startswith("USE_124M = False"))
+    namespace = {}
+    exec("import torch\nfrom helpers import GPT_124M_CONFIG, GPT_SMALL_CONFIG, GPTModel\n"
+         + switch.replace("USE_124M = False", "USE_124M = True", 1), namespace)
+    assert namespace["cfg"]["context_length"] == 256
+    assert {k: namespace["cfg"][k] for k in ("emb_dim", "n_layers", "n_heads")} == \
+        {"emb_dim": 768, "n_layers": 12, "n_heads": 12}
+    assert (namespace["learning_rate"], namespace["num_epochs"], namespace["eval_iter"]) == (4e-4, 10, 5)
+    assert sum(p.numel() for p in namespace["model"].parameters()) == 162_419_712
