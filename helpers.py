@@ -9,7 +9,6 @@ import io
 import json
 import os
 import pickle
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -102,7 +101,9 @@ def get_data_file(name, data_dir=None, mirror=None, manifest=None):
         return _verified(Path(mirror) / name, entry, f"the mirror folder {mirror}")
     try:
         return _download(name, entry, data_dir)
-    except (urllib.error.URLError, OSError, zipfile.BadZipFile) as exc:
+    except DataFileError:  # downloaded, but with the wrong SHA-256: that message says it all
+        raise
+    except (OSError, zipfile.BadZipFile) as exc:  # no network, no such URL (URLError is an OSError)
         where = f"{MIRROR_ENV}={mirror}" if mirror else f"{MIRROR_ENV} (not set)"
         raise DataFileError(
             f"Course data file {name!r} was not found and could not be downloaded "
@@ -391,7 +392,7 @@ class GPTModel(nn.Module):
                 f"kv_cache has {len(kv_cache)} entries but the model has {len(self.trf_blocks)} "
                 f"blocks; make one per block: [KVCache() for _ in model.trf_blocks]."
             )
-        batch_size, seq_len = in_idx.shape
+        seq_len = in_idx.shape[1]
         past = 0 if kv_cache is None else kv_cache[0].num_tokens  # tokens already in the cache
         if past + seq_len > self.pos_emb.num_embeddings:
             raise ValueError(
@@ -643,7 +644,7 @@ def load_checkpoint(path, model=None, optimizer=None, map_location="cpu", restor
         reason = next((line for line in lines if "Unsupported global" in line), lines[-1])
         raise CheckpointError(
             f"{path} holds Python objects that weights_only=True refuses to load, because loading "
-            f"them could run code ({reason[:160]}). Load it with "
+            f"them could run code ({reason.split('. ')[0]}). Load it with "
             f"torch.load(path, weights_only=False) only if you trust where the file came from."
         ) from None
     except Exception as exc:
@@ -905,8 +906,9 @@ class KVCache:
 
 
 def make_adamw(params, **kwargs):
-    """torch.optim.AdamW with fused=True (one kernel per step instead of a dozen per parameter)
-    where the parameters' device has the fused kernel, plain AdamW otherwise: the same update."""
+    """torch.optim.AdamW with fused=True (one pass over each parameter tensor instead of a dozen
+    element-wise operations) where the parameters' device has the fused kernel, plain AdamW
+    otherwise: the same update."""
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda", "mps") and p.is_floating_point() for p in params)
     try:
@@ -984,7 +986,7 @@ def load_base_model(cfg=BASE_CONFIG, recipe=BASE_RECIPE, models_dir=None, use_gp
     if use_gpt2:
         try:
             model = load_pretrained_gpt2("gpt2")
-            return model, {**GPT_124M_CONFIG, "qkv_bias": True}, "OpenAI GPT-2 124M (pretrained weights)"
+            return model, gpt2_config("gpt2"), "OpenAI GPT-2 124M (pretrained weights)"
         except DataFileError:
             pass
     path = base_model_path(cfg, recipe, models_dir)

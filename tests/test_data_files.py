@@ -68,8 +68,9 @@ def test_bad_download_is_rejected_and_not_kept(tmp_path):
     source = tmp_path / "served.txt"
     source.write_bytes(b"a different file")
     data_dir = tmp_path / "data"
-    with pytest.raises(DataFileError, match="was not kept"):
+    with pytest.raises(DataFileError, match="was not kept") as excinfo:
         get_data_file("story.txt", data_dir=data_dir, mirror="", manifest=manifest_for(source.as_uri()))
+    assert "could not be downloaded" not in str(excinfo.value)  # the hash error itself, not rewrapped
     assert not data_dir.exists() or list(data_dir.iterdir()) == []
 
 

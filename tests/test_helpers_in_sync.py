@@ -1,8 +1,10 @@
 """One source of truth: what helpers.py exports is exactly what a notebook cell taught.
 
 Like d2l's `#@save`: every top-level class, function or constant in helpers.py after its
-"Stage 1" heading must be defined in some chapter notebook, and every notebook definition with
-the same name must have the same AST (docstrings, comments and formatting aside).
+"Stage 1" heading must be defined in some chapter notebook, and the last definition of that name
+in each notebook must have the same AST (docstrings, comments and formatting aside). Earlier
+definitions of a name in a notebook are steps on the way (e.g. the LayerNorm formula before the
+fused version) and are not compared.
 """
 import ast
 

@@ -37,13 +37,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from helpers import (GPT_124M_CONFIG, GELU, GPTModel, LayerNorm, MultiHeadAttention,  # noqa: E402
-                     generate, make_adamw)
+from helpers import (GPT_124M_CONFIG, GPT_SMALL_CONFIG, GELU, GPTModel, LayerNorm,  # noqa: E402
+                     MultiHeadAttention, generate, make_adamw)
 
-SMALL_CONFIG = {  # the course's small training config (chapter 4)
-    "vocab_size": 50257, "context_length": 128, "emb_dim": 128, "n_heads": 4, "n_layers": 2,
-    "drop_rate": 0.1, "qkv_bias": False,
-}
 TINY_CONFIG = {  # --quick: a stand-in for the 124M model
     "vocab_size": 1000, "context_length": 64, "emb_dim": 64, "n_heads": 4, "n_layers": 2,
     "drop_rate": 0.1, "qkv_bias": False,
@@ -285,7 +281,7 @@ def main():
           f"({os.cpu_count()} logical CPUs), device {device}; {rounds} interleaved rounds")
     if "train" in sections:
         configs = ({big_label: (big, 32)} if args.quick else
-                   {big_label: (big, 256), "small config": (SMALL_CONFIG, SMALL_CONFIG["context_length"])})
+                   {big_label: (big, 256), "small config": (GPT_SMALL_CONFIG, GPT_SMALL_CONFIG["context_length"])})
         bench_training(configs, batch_size=2, rounds=rounds, n_matmul=256 if args.quick else 2048, device=device)
     if "attention" in sections:
         bench_attention(*((64, 4, 32) if args.quick else (768, 12, 256)), rounds=rounds, device=device)
