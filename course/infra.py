@@ -1,0 +1,174 @@
+"""Course infrastructure, not taught: where files live, how they are fetched and written.
+
+Hand-written (not generated from a notebook). Importing it touches no file and no network:
+files are looked up, verified and downloaded only when a function below asks for them.
+
+- Every file the course reads is in one registry, data/manifest.json (URL, SHA-256, size).
+- `get_data_file(name)` finds a verified copy in data/, then in the mirror folder
+  ($LLM_DATA_MIRROR), then downloads it: the course's data files with `download`, GPT-2's
+  weights with huggingface_hub (resume, progress bar, the learner's Hugging Face cache,
+  HF_HUB_OFFLINE), looking in that cache before any download.
+- `atomic_write` is how every file is written: a crash never leaves half a file under the
+  real name.
+- Every error the course raises on purpose is a `CourseError`.
+"""
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = ROOT / "data"
+MIRROR_ENV = "LLM_DATA_MIRROR"
+
+
+class CourseError(Exception):
+    """The base of every error the course raises on purpose, with what to do in its message."""
+
+
+class DataFileError(CourseError):
+    """A course file is missing, cannot be downloaded, or has the wrong SHA-256."""
+
+
+class CheckpointError(CourseError):
+    """A checkpoint that cannot be loaded: damaged, truncated, or made for another model."""
+
+
+def display_path(path):
+    """path relative to the course folder when it lies inside it: the same on every machine."""
+    path = Path(path).resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Open path for writing in binary mode, atomically: the bytes go to a temporary file in the
+    same folder, are flushed to disk, and only then get the real name (os.replace). If anything
+    fails before that, the temporary file is removed and an existing file at path is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the file gets its real name
+        os.replace(tmp_name, path)  # atomic on POSIX and Windows
+    except BaseException:
+        os.unlink(tmp_name)
+        raise
+
+
+def load_manifest(path=None):
+    """The registry of course files: name (a path under data/) -> {url, sha256, size, ...}."""
+    return json.loads(Path(path or DATA_DIR / "manifest.json").read_text(encoding="utf-8"))
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verified(path, name, entry, where):
+    wrong_size = entry.get("size") is not None and path.stat().st_size != entry["size"]
+    if wrong_size or (entry.get("sha256") and sha256_of(path) != entry["sha256"]):
+        raise DataFileError(
+            f"{name} in {where} is not the published file (wrong size or SHA-256): it is damaged "
+            f"or a different file. Delete {display_path(path)} and fetch it again from {entry['url']}"
+        )
+    return path
+
+
+def download(url, dest, sha256=None, archive_member=None, timeout=30):
+    """Fetch url into dest, atomically; a file that fails its SHA-256 is not kept. With
+    archive_member, url is a zip archive and dest gets that member of it."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        payload = response.read()
+    if archive_member is not None:
+        with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+            payload = archive.read(archive_member)
+    actual = hashlib.sha256(payload).hexdigest()
+    if sha256 and actual != sha256:
+        raise DataFileError(
+            f"The download of {Path(dest).name} from {url} has the wrong SHA-256 ({actual[:12]}..., "
+            f"expected {sha256[:12]}...); it was not kept. Try again, or fetch the file by hand "
+            f"and save it as {display_path(dest)}"
+        )
+    with atomic_write(dest) as f:
+        f.write(payload)
+    return Path(dest)
+
+
+def _from_hugging_face(entry):
+    """The file from the Hugging Face cache, else downloaded into it (resumable, with a progress bar)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache  # imported only when needed
+
+    cached = try_to_load_from_cache(entry["hf_repo"], entry["hf_filename"])
+    if isinstance(cached, str):
+        return Path(cached)
+    return Path(hf_hub_download(entry["hf_repo"], entry["hf_filename"]))
+
+
+def get_data_file(name, data_dir=None, mirror=None, manifest=None):
+    """A verified local path to the course file `name` (a path under data/, as in the manifest).
+
+    Looks in data_dir (default data/), then in the mirror folder (default $LLM_DATA_MIRROR),
+    then, for GPT-2's weights, in the Hugging Face cache; else downloads the file. Raises
+    DataFileError saying what to do when it is found nowhere and cannot be downloaded, or when
+    its size or SHA-256 is wrong.
+    """
+    manifest = load_manifest() if manifest is None else manifest
+    if name not in manifest:
+        raise KeyError(f"{name!r} is not a course file; known files: {sorted(manifest)}")
+    entry = manifest[name]
+    data_dir = Path(data_dir) if data_dir is not None else DATA_DIR
+    mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV)
+
+    local = data_dir / name
+    if local.is_file():
+        return _verified(local, name, entry, "data/")
+    if mirror and (Path(mirror) / name).is_file():
+        return _verified(Path(mirror) / name, name, entry, f"the mirror folder {mirror}")
+    try:
+        if "hf_repo" in entry:
+            return _verified(_from_hugging_face(entry), name, entry, "the Hugging Face cache")
+        return download(entry["url"], local, entry.get("sha256"), entry.get("archive_member"))
+    except DataFileError:  # found or downloaded, but not the published file: that message says it all
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:  # no network, no such URL, offline mode
+        where = f"{MIRROR_ENV}={mirror}" if mirror else f"{MIRROR_ENV} (not set)"
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        raise DataFileError(
+            f"Course file {name!r} was not found and could not be downloaded "
+            f"({type(exc).__name__}: {reason}).\n"
+            f"  Looked in: {display_path(data_dir)}/, {where}"
+            + (", the Hugging Face cache" if "hf_repo" in entry else "") + ".\n"
+            f"  To fix: download {entry['url']}"
+            + (f" (the member {entry['archive_member']!r} of that zip)" if "archive_member" in entry else "")
+            + f" and save it as {display_path(local)}, or set {MIRROR_ENV} to a folder that holds {name}."
+        ) from None
+
+
+def prepare_tiktoken_offline():
+    """Let tiktoken.get_encoding("gpt2") work with no network; the notebooks call it once.
+
+    tiktoken looks for its files in $TIKTOKEN_CACHE_DIR under the SHA-1 of their URL; we put
+    the verified course copies there (data/.tiktoken unless the variable is already set).
+    """
+    cache = Path(os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(DATA_DIR / ".tiktoken")))
+    manifest = load_manifest()
+    for name in ("encoder.json", "vocab.bpe"):
+        target = cache / hashlib.sha1(manifest[name]["url"].encode()).hexdigest()
+        if target.is_file() and sha256_of(target) == manifest[name]["sha256"]:
+            continue
+        source = get_data_file(name, manifest=manifest)
+        with atomic_write(target) as f:
+            f.write(source.read_bytes())
