@@ -17,7 +17,7 @@ EXPORT, DEFAULT_EXP = "#| export", "#| default_exp"
 
 
 def course_notebooks(root=ROOT):
-    """Every chapter notebook, folder by folder in course order."""
+    """Every chapter notebook (folder by folder; the modules' names give the course order)."""
     return [nb for folder in CHAPTER_FOLDERS for nb in sorted((root / folder).glob("*.ipynb"))]
 
 

@@ -19,11 +19,14 @@ def manifest_for(url, payload=PAYLOAD, **extra):
 
 def test_manifest_lists_every_course_file_with_a_hash():
     manifest = load_manifest()
-    assert set(manifest) == {"the-verdict.txt", "encoder.json", "vocab.bpe", "instruction-data.json",
-                             "SMSSpamCollection.tsv", "tinyshakespeare.txt"}
+    data_files = {"the-verdict.txt", "encoder.json", "vocab.bpe", "instruction-data.json",
+                  "SMSSpamCollection.tsv", "tinyshakespeare.txt"}
+    weights = {f"gpt2/{name}/model.safetensors" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+    assert set(manifest) == data_files | weights
     for name, entry in manifest.items():
         assert entry["url"].startswith("https://"), name
-        assert len(entry["sha256"]) == 64 and int(entry["sha256"], 16) >= 0, name
+    for name in data_files | {"gpt2/gpt2/model.safetensors"}:  # the hashes we know
+        assert len(manifest[name]["sha256"]) == 64 and int(manifest[name]["sha256"], 16) >= 0, name
 
 
 def test_file_in_data_dir_is_used(tmp_path):
@@ -44,13 +47,13 @@ def test_mirror_is_used_when_data_dir_lacks_the_file(tmp_path):
 
 def test_hash_mismatch_in_data_dir_is_an_error(tmp_path):
     (tmp_path / "story.txt").write_bytes(b"not the story")
-    with pytest.raises(DataFileError, match="wrong SHA-256"):
+    with pytest.raises(DataFileError, match="wrong size or SHA-256"):
         get_data_file("story.txt", data_dir=tmp_path, mirror="", manifest=manifest_for("http://127.0.0.1:9/x"))
 
 
 def test_hash_mismatch_in_mirror_is_an_error(tmp_path):
     (tmp_path / "story.txt").write_bytes(b"not the story")
-    with pytest.raises(DataFileError, match="wrong SHA-256"):
+    with pytest.raises(DataFileError, match="wrong size or SHA-256"):
         get_data_file("story.txt", data_dir=tmp_path / "data", mirror=str(tmp_path),
                       manifest=manifest_for("http://127.0.0.1:9/x"))
 
@@ -93,7 +96,7 @@ def test_missing_offline_gives_a_clear_message(tmp_path):
 
 
 def test_unknown_file_name():
-    with pytest.raises(KeyError, match="not a course data file"):
+    with pytest.raises(KeyError, match="not a course file"):
         get_data_file("no-such-file.txt")
 
 
@@ -101,17 +104,44 @@ def test_course_files_are_found(tmp_path):
     """With the mirror (or data/) in place, every manifest file resolves and verifies."""
     if not (os.environ.get("LLM_DATA_MIRROR") or any((helpers.DATA_DIR / n).exists() for n in load_manifest())):
         pytest.skip("no data mirror and no data/ copies on this machine")
-    for name in load_manifest():
-        assert helpers.sha256_of(get_data_file(name)) == load_manifest()[name]["sha256"]
+    for name, entry in load_manifest().items():
+        if "hf_repo" not in entry:  # GPT-2's weights are not in the mirror
+            assert helpers.sha256_of(get_data_file(name)) == entry["sha256"]
 
 
 def test_tiktoken_gpt2_works_offline_from_a_fresh_cache(tmp_path):
     """In a new process with an empty tiktoken cache and no network access needed,
-    `import helpers` then tiktoken.get_encoding("gpt2") gives GPT-2's token ids."""
-    code = ("import helpers, tiktoken; enc = tiktoken.get_encoding('gpt2'); "
+    prepare_tiktoken_offline() then tiktoken.get_encoding("gpt2") gives GPT-2's token ids."""
+    code = ("import helpers, tiktoken; helpers.prepare_tiktoken_offline(); enc = tiktoken.get_encoding('gpt2'); "
             "print(enc.encode('Hello, world!'), enc.n_vocab)")
     env = dict(os.environ, TIKTOKEN_CACHE_DIR=str(tmp_path / "cache"),
                HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[15496, 11, 995, 0] 50257"
+
+
+def test_import_helpers_touches_no_file_and_no_network(tmp_path):
+    """`import helpers` in a new process with an empty data folder, no mirror and a dead proxy
+    succeeds and creates no file (the course's code is imported from a copy in tmp_path)."""
+    import shutil
+    copy = tmp_path / "course-copy"
+    shutil.copytree(helpers.ROOT / "course", copy / "course", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(helpers.ROOT / "helpers.py", copy / "helpers.py")
+    (copy / "data").mkdir()
+    shutil.copy(helpers.ROOT / "data" / "manifest.json", copy / "data" / "manifest.json")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    env = {k: v for k, v in os.environ.items() if k not in ("LLM_DATA_MIRROR", "TIKTOKEN_CACHE_DIR")}
+    env.update(HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", PYTHONPATH=str(copy),
+               PYTHONDONTWRITEBYTECODE="1", TIKTOKEN_CACHE_DIR=str(tmp_path / "tiktoken"), HOME=str(tmp_path / "home"))
+    code = "import helpers; print(helpers.__file__, helpers.GPTModel.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=copy)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == str(copy / "helpers.py")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_course_errors_share_one_base_that_is_not_file_not_found():
+    for error in (helpers.DataFileError, helpers.CheckpointError):
+        assert issubclass(error, helpers.CourseError)
+    assert not issubclass(helpers.CourseError, FileNotFoundError)

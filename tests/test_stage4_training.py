@@ -265,13 +265,15 @@ def test_crops_context_longer_than_the_model_supports():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"temperature": -0.5}, "temperature must be >= 0"),
+    ({"temperature": -0.5}, "temperature must be a finite number >= 0"),
+    ({"temperature": float("nan")}, "temperature must be a finite number >= 0"),
+    ({"max_new_tokens": -1}, "max_new_tokens must be a whole number >= 0"),
     ({"top_k": 0}, "top_k must be at least 1"),
     ({"top_k": -3}, "top_k must be at least 1"),
 ])
 def test_bad_decoding_arguments_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        generate(tiny_model(), torch.tensor([[1]]), 3, 8, **kwargs)
+        generate(tiny_model(), torch.tensor([[1]]), **{"max_new_tokens": 3, "context_size": 8, **kwargs})
 
 
 def test_the_124m_switch_sets_the_settings_the_chapter_states():
@@ -288,3 +290,27 @@ def test_the_124m_switch_sets_the_settings_the_chapter_states():
         {"emb_dim": 768, "n_layers": 12, "n_heads": 12}
     assert (namespace["learning_rate"], namespace["num_epochs"], namespace["eval_iter"]) == (4e-4, 10, 5)
     assert sum(p.numel() for p in namespace["model"].parameters()) == 162_419_712
+
+
+@pytest.mark.slow
+def test_the_124m_recipe_starts_at_the_books_logged_losses():
+    """A pinned number, like the book's own tests: GPT-2's 124M architecture at context 256, seed
+    123, the chapter's 90/10 split of The Verdict. Before the first step, the losses over the
+    whole loaders are the book's logged 10.988 (training) and 10.981 (validation), ch. 5 of
+    "Build a Large Language Model (From Scratch)" (rasbt/LLMs-from-scratch, ch05 main notebook)."""
+    from helpers import GPT_124M_CONFIG, create_dataloader_v1, get_data_file
+
+    text = get_data_file("the-verdict.txt").read_text(encoding="utf-8")
+    split = int(0.90 * len(text))
+    cfg = {**GPT_124M_CONFIG, "context_length": 256}
+    torch.manual_seed(123)
+    model = GPTModel(cfg).eval()
+    torch.manual_seed(123)
+    train_loader = create_dataloader_v1(text[:split], batch_size=2, max_length=256, stride=256,
+                                        drop_last=True, shuffle=True)
+    val_loader = create_dataloader_v1(text[split:], batch_size=2, max_length=256, stride=256,
+                                      drop_last=False, shuffle=False)
+    with torch.no_grad():
+        train_loss = calc_loss_loader(train_loader, model, "cpu")
+        val_loss = calc_loss_loader(val_loader, model, "cpu")
+    assert (round(train_loss, 3), round(val_loss, 3)) == (10.988, 10.981)

@@ -1,4 +1,5 @@
 """Stage 5: checkpoints that resume exactly, fail loudly, and survive a crash mid-save."""
+import pickle
 import io
 
 import pytest
@@ -144,7 +145,7 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypat
 def test_an_unpicklable_extra_fails_without_touching_the_old_file(tmp_path):
     model, _ = make_model_and_optimizer(seed=0)
     save_checkpoint(tmp_path / "ckpt.pt", model, step=1)
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # a lambda cannot be pickled
         save_checkpoint(tmp_path / "ckpt.pt", model, step=2, callback=lambda: None)
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
     assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 1

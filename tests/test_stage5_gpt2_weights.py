@@ -4,18 +4,20 @@ The mapping is checked against an independent implementation: Hugging Face trans
 GPT2LMHeadModel, with a tiny random config, saved in the published safetensors format.
 """
 import hashlib
-import http.server
-import threading
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 import helpers
-from helpers import (DataFileError, GPTModel, download_file, generate_text_simple, gpt2_config,
-                     gpt2_weights_path, load_gpt2_safetensors, load_pretrained_gpt2)
+from helpers import (DataFileError, GPTModel, generate_text_simple, gpt2_config, gpt2_weights_path,
+                     load_gpt2_safetensors, load_pretrained_gpt2)
 
-transformers = pytest.importorskip("transformers")
+try:  # the independent reference; only the tests that compare with it need it
+    import transformers
+except ImportError:
+    transformers = None
+needs_transformers = pytest.mark.skipif(transformers is None, reason="needs transformers (pip install -r requirements.txt)")
 
 TINY = {"vocab_size": 101, "context_length": 32, "emb_dim": 24, "n_heads": 4, "n_layers": 2,
         "drop_rate": 0.0, "qkv_bias": True}
@@ -56,6 +58,7 @@ def published_layout(hf_model, path):
     save_file(state, path)
 
 
+@needs_transformers
 @pytest.mark.parametrize("layout", ["save_pretrained", "published", "untied_head"])
 def test_logits_and_greedy_text_match_transformers(tmp_path, layout):
     hf = tiny_hf_gpt2(tie_word_embeddings=layout != "untied_head")
@@ -80,6 +83,7 @@ def test_logits_and_greedy_text_match_transformers(tmp_path, layout):
                        hf_greedy(hf, prompt, 15))
 
 
+@needs_transformers
 def test_the_untied_head_really_comes_from_lm_head(tmp_path):
     hf = tiny_hf_gpt2(tie_word_embeddings=False)
     hf.save_pretrained(tmp_path, safe_serialization=True)
@@ -94,6 +98,7 @@ def test_the_untied_head_really_comes_from_lm_head(tmp_path):
     ({"emb_dim": 32}, r"wte\.weight: the file's tensor has shape \(101, 24\) but the model expects \(101, 32\)"),
     ({"qkv_bias": False}, r"h\.0\.attn\.c_attn\.bias \(Q part\): .*qkv_bias=True"),
 ])
+@needs_transformers
 def test_weights_for_another_config_fail_clearly(tmp_path, change, expected):
     tiny_hf_gpt2().save_pretrained(tmp_path, safe_serialization=True)
     with pytest.raises(ValueError, match=expected):
@@ -123,109 +128,62 @@ def test_an_unknown_model_name_is_refused():
         load_pretrained_gpt2("gpt-2")
 
 
-def test_missing_weights_offline_name_the_file_and_url(tmp_path, monkeypatch):
-    unreachable = "http://127.0.0.1:9/{model_name}/model.safetensors"  # port 9: nothing listens
-    monkeypatch.setattr(helpers, "GPT2_URL", unreachable)
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """No mirror, an empty Hugging Face cache of our own, and huggingface_hub in offline mode."""
+    from huggingface_hub import constants
+
     monkeypatch.delenv(helpers.MIRROR_ENV, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hf-cache"
+
+
+def test_missing_weights_offline_name_the_file_and_url(tmp_path, offline_hub):
     with pytest.raises(DataFileError) as info:
-        load_pretrained_gpt2("gpt2-medium", models_dir=tmp_path)
+        load_pretrained_gpt2("gpt2-medium", data_dir=tmp_path / "data")
     message = str(info.value)
-    assert "\n" not in message
-    assert str(tmp_path / "gpt2-medium" / "model.safetensors") in message
-    assert "http://127.0.0.1:9/gpt2-medium/model.safetensors" in message
-    assert list(tmp_path.iterdir()) == []  # nothing half-made left behind
+    assert "'gpt2/gpt2-medium/model.safetensors' was not found and could not be downloaded" in message
+    assert "the Hugging Face cache" in message
+    assert "https://huggingface.co/openai-community/gpt2-medium/resolve/main/model.safetensors" in message
+    assert not (tmp_path / "data").exists()  # nothing half-made left behind
+
+
+def fake_hf_cache(cache, repo, filename, payload, revision="0123abcd"):
+    """The layout huggingface_hub keeps: models--owner--name/{refs/main, snapshots/REV/FILE}."""
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(revision)
+    (folder / "snapshots" / revision).mkdir(parents=True)
+    (folder / "snapshots" / revision / filename).write_bytes(payload)
+    return folder / "snapshots" / revision / filename
+
+
+def test_weights_in_the_learners_hugging_face_cache_are_found_and_verified(tmp_path, offline_hub):
+    payload = b"weights of a tiny model"
+    cached = fake_hf_cache(offline_hub, "someone/tiny-gpt2", "model.safetensors", payload)
+    entry = {"url": "https://huggingface.co/someone/tiny-gpt2/resolve/main/model.safetensors",
+             "hf_repo": "someone/tiny-gpt2", "hf_filename": "model.safetensors",
+             "sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}
+    manifest = {"gpt2/tiny/model.safetensors": entry}
+    found = helpers.get_data_file("gpt2/tiny/model.safetensors", data_dir=tmp_path / "data", manifest=manifest)
+    assert found == cached
+    bad = {"gpt2/tiny/model.safetensors": {**entry, "sha256": "0" * 64}}
+    with pytest.raises(DataFileError, match="not the published file"):
+        helpers.get_data_file("gpt2/tiny/model.safetensors", data_dir=tmp_path / "data", manifest=bad)
 
 
 def test_a_local_file_with_the_wrong_hash_is_refused(tmp_path):
-    (tmp_path / "gpt2").mkdir()
-    (tmp_path / "gpt2" / "model.safetensors").write_bytes(b"not the weights")
-    with pytest.raises(DataFileError, match="not the published gpt2 model.safetensors"):
-        gpt2_weights_path("gpt2", models_dir=tmp_path)
+    (tmp_path / "gpt2" / "gpt2").mkdir(parents=True)
+    (tmp_path / "gpt2" / "gpt2" / "model.safetensors").write_bytes(b"not the weights")
+    with pytest.raises(DataFileError, match="is not the published file"):
+        gpt2_weights_path("gpt2", data_dir=tmp_path)
 
 
-# --- the downloader, against a local HTTP server that honours Range requests ----------------
-
-PAYLOAD = torch.randint(0, 256, (3_000_000,), generator=torch.Generator().manual_seed(0),
-                        dtype=torch.uint8).numpy().tobytes()
-SHA = hashlib.sha256(PAYLOAD).hexdigest()
-
-
-@pytest.fixture
-def server():
-    seen_ranges = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        honour_range = True
-
-        def do_GET(self):
-            start = 0
-            header = self.headers.get("Range")
-            seen_ranges.append(header)
-            if header and Handler.honour_range:
-                start = int(header.removeprefix("bytes=").rstrip("-"))
-                if start >= len(PAYLOAD):
-                    self.send_response(416)
-                    self.end_headers()
-                    return
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
-            else:
-                self.send_response(200)
-            self.send_header("Content-Length", str(len(PAYLOAD) - start))
-            self.end_headers()
-            self.wfile.write(PAYLOAD[start:])
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}/model.safetensors", seen_ranges, Handler
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def test_download_checks_size_and_hash(tmp_path, server, capsys):
-    url, seen, _ = server
-    dest = download_file(url, tmp_path / "m" / "model.safetensors", len(PAYLOAD), SHA)
-    assert dest.read_bytes() == PAYLOAD
-    assert sorted(p.name for p in dest.parent.iterdir()) == ["model.safetensors"]
-    assert seen == [None]
-    assert "(100%)" in capsys.readouterr().out  # the progress line
-
-
-def test_an_interrupted_download_resumes_with_a_range_request(tmp_path, server):
-    url, seen, _ = server
-    (tmp_path / "model.safetensors.part").write_bytes(PAYLOAD[:1_000_000])
-    dest = download_file(url, tmp_path / "model.safetensors", len(PAYLOAD), SHA)
-    assert seen == ["bytes=1000000-"]
-    assert dest.read_bytes() == PAYLOAD
-
-
-def test_a_server_that_ignores_range_still_gives_the_right_file(tmp_path, server):
-    url, seen, handler = server
-    handler.honour_range = False
-    (tmp_path / "model.safetensors.part").write_bytes(b"x" * 1000)
-    dest = download_file(url, tmp_path / "model.safetensors", len(PAYLOAD), SHA)
-    assert dest.read_bytes() == PAYLOAD
-
-
-def test_a_complete_part_file_is_verified_and_kept(tmp_path, server):
-    url, seen, _ = server
-    (tmp_path / "model.safetensors.part").write_bytes(PAYLOAD)
-    dest = download_file(url, tmp_path / "model.safetensors", len(PAYLOAD), SHA)
-    assert seen == [f"bytes={len(PAYLOAD)}-"] and dest.read_bytes() == PAYLOAD
-
-
-def test_a_download_with_the_wrong_hash_is_not_kept(tmp_path, server):
-    url, _, _ = server
-    with pytest.raises(DataFileError, match="wrong SHA-256"):
-        download_file(url, tmp_path / "model.safetensors", len(PAYLOAD), "0" * 64)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_a_download_of_the_wrong_size_is_reported(tmp_path, server):
-    url, _, _ = server
-    with pytest.raises(DataFileError, match="stopped at 3,000,000 of 3,000,001 bytes"):
-        download_file(url, tmp_path / "model.safetensors", len(PAYLOAD) + 1)
+def test_every_gpt2_size_is_in_the_file_registry():
+    manifest = helpers.load_manifest()
+    for name in helpers.GPT2_SIZES:
+        entry = manifest[f"gpt2/{name}/model.safetensors"]
+        assert entry["hf_repo"] == f"openai-community/{name}"
+        assert entry["url"].endswith(f"/openai-community/{name}/resolve/main/model.safetensors")
+    assert manifest["gpt2/gpt2/model.safetensors"]["size"] == 548_105_171

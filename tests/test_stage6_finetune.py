@@ -6,6 +6,7 @@ import tiktoken
 import torch
 import torch.nn as nn
 
+import course.ch6a_classification as ch6a  # where load_base_model looks GPT-2 up
 import helpers
 from helpers import (DataFileError, GPTModel, InstructionDataset, SpamDataset, base_model_path,
                      classify, format_input, instruction_collate_fn, last_real_token_logits,
@@ -174,7 +175,7 @@ def test_classify_truncates_a_message_longer_than_the_context(tokenizer):
 # --- the base model and its cache ----------------------------------------------------------------
 
 TINY_RECIPE = {"texts": ["the-verdict.txt"], "steps": 2, "batch_size": 2, "max_length": 16,
-               "lr": 1e-3, "weight_decay": 0.1, "seed": 123}
+               "lr": 1e-3, "weight_decay": 0.1, "val_fraction": 0.1, "seed": 123}
 
 
 def test_cache_name_follows_config_and_recipe(tmp_path):
@@ -192,7 +193,7 @@ def no_gpt2(*args, **kwargs):
 
 
 def test_self_pretrained_base_is_cached_and_reloaded(tmp_path, monkeypatch):
-    monkeypatch.setattr(helpers, "load_pretrained_gpt2", no_gpt2)
+    monkeypatch.setattr(ch6a, "load_pretrained_gpt2", no_gpt2)
     model, cfg, description = load_base_model(TINY, TINY_RECIPE, models_dir=tmp_path)
     assert cfg == TINY and "pretrained now" in description and not model.training
     assert [p.name for p in tmp_path.iterdir()] == [base_model_path(TINY, TINY_RECIPE, tmp_path).name]
@@ -200,6 +201,7 @@ def test_self_pretrained_base_is_cached_and_reloaded(tmp_path, monkeypatch):
     assert "loaded from the cache" in description
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
+    torch.manual_seed(TINY_RECIPE["seed"])  # the weights pretraining started from
     fresh = GPTModel(TINY)  # pretraining really changed the weights
     assert not torch.equal(fresh.out_head.weight, model.out_head.weight)
     # another config is another cache file: the old one is not used for it
@@ -209,7 +211,7 @@ def test_self_pretrained_base_is_cached_and_reloaded(tmp_path, monkeypatch):
 
 def test_gpt2_is_preferred_when_its_weights_load(tmp_path, monkeypatch):
     stand_in = GPTModel(TINY).eval()
-    monkeypatch.setattr(helpers, "load_pretrained_gpt2", lambda *args, **kwargs: stand_in)
+    monkeypatch.setattr(ch6a, "load_pretrained_gpt2", lambda *args, **kwargs: stand_in)
     model, cfg, description = load_base_model(TINY, TINY_RECIPE, models_dir=tmp_path)
     assert model is stand_in and "GPT-2 124M" in description and cfg["context_length"] == 1024
     assert list(tmp_path.iterdir()) == []  # nothing pretrained

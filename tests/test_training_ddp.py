@@ -14,10 +14,9 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from helpers import GPTModel, load_checkpoint, train_model_simple
+from helpers import DDPModel, GPTModel, ReshufflingSampler, load_checkpoint, train_model_simple
 from notebook_tools import ROOT
 
 SCRIPT = ROOT / "training" / "train_ddp.py"
@@ -112,7 +111,7 @@ class Tok:
         return " ".join(str(i) for i in ids)
 
 
-class RecordingSampler(DistributedSampler):
+class RecordingSampler(ReshufflingSampler):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.epochs = []
@@ -133,30 +132,39 @@ def tiny_ddp_model():
     torch.manual_seed(0)
     cfg = {"vocab_size": 50, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 1,
            "drop_rate": 0.0, "qkv_bias": False}
-    return DistributedDataParallel(GPTModel(cfg))
+    return DDPModel(GPTModel(cfg))
 
 
-def test_the_loop_reshuffles_each_epoch_and_reports_on_the_plain_model(one_rank_group, capsys):
+def test_chapter_4s_loop_runs_unchanged_through_ddp_and_reshuffles_each_epoch(one_rank_group, capsys):
     model, loader = tiny_ddp_model(), tiny_loader()
+    before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     train_losses, _, _ = train_model_simple(model, loader, loader, optimizer, torch.device("cpu"),
                                             num_epochs=3, eval_freq=1, eval_iter=1,
                                             start_context="1 2", tokenizer=Tok())
-    assert loader.sampler.epochs == [0, 1, 2]
+    # a new epoch after each of the 3 full passes; the evaluations read 1 of 2 batches and do not count
+    assert loader.sampler.epochs == [1, 2, 3]
     assert len(train_losses) == 6  # 3 epochs x 2 batches, evaluated after every step
-    assert capsys.readouterr().out.count("\n1 2 ") == 3  # a sample per epoch, from the wrapped GPTModel
-
-
-def test_other_ranks_train_without_evaluating_or_printing(one_rank_group, capsys):
-    model, loader = tiny_ddp_model(), tiny_loader()
-    before = [p.detach().clone() for p in model.parameters()]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = train_model_simple(model, loader, loader, optimizer, torch.device("cpu"), num_epochs=1,
-                                eval_freq=1, eval_iter=1, start_context="1 2", tokenizer=Tok(),
-                                is_main_process=False)
-    assert losses == ([], [], [])
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr().out.count("\n1 2 ") == 3  # a sample per epoch, through the wrapper
+    assert model.context_length == 8  # DDPModel passes the wrapped model's attributes on
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_a_reshuffling_sampler_equals_set_epoch_by_hand():
+    by_hand = DistributedSampler(list(range(10)), num_replicas=2, rank=1, seed=123, drop_last=True)
+    auto = ReshufflingSampler(list(range(10)), num_replicas=2, rank=1, seed=123, drop_last=True)
+    for epoch in range(3):
+        by_hand.set_epoch(epoch)
+        assert list(auto) == list(by_hand)
+    assert auto.epoch == 3
+
+
+def test_other_ranks_print_nothing(capsys):
+    with train_ddp.quiet_unless(False):
+        print("rank 1's log")
+    with train_ddp.quiet_unless(True):
+        print("rank 0's log")
+    assert capsys.readouterr().out == "rank 0's log\n"
 
 
 def test_bad_arguments_name_the_flag(capsys):

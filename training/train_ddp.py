@@ -6,11 +6,14 @@
 Every process (a "rank") builds the same GPTModel and trains it on its own shard of the
 training windows (a DistributedSampler). In backward(), DDP averages the gradients over all
 ranks, so every copy takes the same optimizer step and the copies stay identical. One step thus
-learns from world_size x --batch-size sequences. Only rank 0 evaluates, prints and saves the
-checkpoint. training/LLM-distributed.ipynb explains each part and how to launch on several GPUs
+learns from world_size x --batch-size sequences. Every rank runs chapter 4's train_model_simple
+unchanged (chapter 4c's ReshufflingSampler and DDPModel make that possible); only rank 0 prints
+and saves the checkpoint. training/LLM-distributed.ipynb explains each part and how to launch on several GPUs
 or machines.
 """
 import argparse
+import contextlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -18,12 +21,12 @@ from pathlib import Path
 import tiktoken
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this course's helpers.py
-from helpers import (DATA_DIR, GPT_SMALL_CONFIG, GPTDatasetV1, GPTModel, display_path,  # noqa: E402
-                     get_data_file, get_device, save_checkpoint, train_model_simple)
+from helpers import (DATA_DIR, GPT_SMALL_CONFIG, DDPModel, GPTDatasetV1, GPTModel,  # noqa: E402
+                     ReshufflingSampler, display_path, get_data_file, get_device,
+                     prepare_tiktoken_offline, save_checkpoint, train_model_simple)
 
 
 def parse_args(argv=None):
@@ -79,7 +82,8 @@ def make_loaders(text, context_length, batch_size, rank, world_size, seed):
     val_set = GPTDatasetV1(text[split_idx:], tokenizer, context_length, stride=context_length)
     # One seeded shuffle of all windows, the same on every rank; rank r takes every
     # world_size-th window from position r. drop_last: no window is seen twice per epoch.
-    sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank,
+    # ReshufflingSampler moves on to the next epoch's shuffle after each full pass.
+    sampler = ReshufflingSampler(train_set, num_replicas=world_size, rank=rank,
                                  shuffle=True, seed=seed, drop_last=True)
     if len(sampler) < batch_size:
         raise ValueError(
@@ -91,6 +95,11 @@ def make_loaders(text, context_length, batch_size, rank, world_size, seed):
     train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True)
     val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, drop_last=False)
     return train_loader, val_loader
+
+
+def quiet_unless(condition):
+    """A context in which print() shows nothing unless condition holds (the other ranks' logs)."""
+    return contextlib.nullcontext() if condition else contextlib.redirect_stdout(io.StringIO())
 
 
 def train(args, rank, world_size, device):
@@ -110,15 +119,16 @@ def train(args, rank, world_size, device):
     if dist.is_initialized():  # started by torchrun
         # DDP copies rank 0's weights to every rank, then all-reduces (averages) the gradients
         # during backward()
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DDPModel(model, device_ids=[device.index] if device.type == "cuda" else None)
     torch.manual_seed(args.seed + rank)  # but different dropout masks on each rank
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
-    train_losses, val_losses, _ = train_model_simple(
-        model, train_loader, val_loader, optimizer, device, num_epochs=args.epochs,
-        eval_freq=args.eval_freq, eval_iter=args.eval_iter, start_context="Every effort moves you",
-        tokenizer=tiktoken.get_encoding("gpt2"), is_main_process=is_main,
-    )
+    with quiet_unless(is_main):  # every rank evaluates and samples alike; rank 0's log is shown
+        train_losses, val_losses, _ = train_model_simple(
+            model, train_loader, val_loader, optimizer, device, num_epochs=args.epochs,
+            eval_freq=args.eval_freq, eval_iter=args.eval_iter, start_context="Every effort moves you",
+            tokenizer=tiktoken.get_encoding("gpt2"),
+        )
 
     plain_model = getattr(model, "module", model)
     steps = args.epochs * len(train_loader)
@@ -132,6 +142,7 @@ def train(args, rank, world_size, device):
 
 def main(argv=None):
     args = parse_args(argv)
+    prepare_tiktoken_offline()  # GPT-2's tokenizer, with no network
     rank, world_size, device = setup_distributed()
     try:
         train(args, rank, world_size, device)

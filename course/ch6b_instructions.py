@@ -1,0 +1,106 @@
+# Generated from finetune/LLM-finetune-instructions.ipynb by `python -m course.export`: DO NOT EDIT.
+# Edit the notebook's `#| export` cells instead, then run that command again.
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 4
+import torch
+from torch.utils.data import Dataset
+
+from course.ch1_data import END_OF_TEXT_ID  # chapter 1
+from course.ch4b_performance import generate  # chapter 4's generate(), with chapter 4b's KV cache
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 8
+def format_input(entry):
+    """The Alpaca prompt for one entry, ending where the model's response begins."""
+    instruction_text = (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request."
+        f"\n\n### Instruction:\n{entry['instruction']}"
+    )
+    input_text = f"\n\n### Input:\n{entry['input']}" if entry["input"] else ""
+    return instruction_text + input_text + "\n\n### Response:\n"
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 13
+class InstructionDataset(Dataset):
+    """Each entry as (token ids of prompt + response, number of prompt tokens)."""
+
+    def __init__(self, data, tokenizer):
+        self.items = []
+        for i, entry in enumerate(data):
+            missing = [key for key in ("instruction", "input", "output") if key not in entry]
+            if missing:
+                raise ValueError(f"Entry {i} lacks the key(s) {missing}; each entry needs "
+                                 f"'instruction', 'input' (may be empty) and 'output'.")
+            prompt_ids = tokenizer.encode(format_input(entry))
+            response_ids = tokenizer.encode(entry["output"])
+            self.items.append((prompt_ids + response_ids, len(prompt_ids)))
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+    def __len__(self):
+        return len(self.items)
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 18
+def instruction_collate_fn(batch, pad_token_id=END_OF_TEXT_ID, ignore_index=-100,
+                           allowed_max_length=None, mask_prompt=True):
+    """Pad a batch of (token_ids, prompt_length) to one length and shift it into (inputs, targets).
+
+    Every sequence gets at least one end-of-text token; that first one stays in the targets (the
+    model must learn to stop), the rest of the padding becomes ignore_index, and so does the
+    prompt when mask_prompt is True: cross_entropy skips ignore_index targets.
+    """
+    if not batch:
+        raise ValueError("The batch is empty.")
+    batch_max_length = max(len(token_ids) + 1 for token_ids, _ in batch)
+    inputs_lst, targets_lst = [], []
+    for i, (token_ids, prompt_length) in enumerate(batch):
+        padded = token_ids + [pad_token_id] * (batch_max_length - len(token_ids))
+        inputs = torch.tensor(padded[:-1])   # (batch_max_length - 1,)
+        targets = torch.tensor(padded[1:])   # the next token at every position
+        targets[len(token_ids):] = ignore_index  # all padding but the first end-of-text
+        if mask_prompt:
+            targets[:prompt_length - 1] = ignore_index  # predictions of prompt tokens
+        if allowed_max_length is not None:
+            inputs, targets = inputs[:allowed_max_length], targets[:allowed_max_length]
+        if (targets == ignore_index).all():
+            raise ValueError(
+                f"Example {i} of the batch keeps no target token: its prompt has {prompt_length} "
+                f"tokens and allowed_max_length is {allowed_max_length}. Raise allowed_max_length "
+                f"or drop examples whose prompt does not fit."
+            )
+        inputs_lst.append(inputs)
+        targets_lst.append(targets)
+    return torch.stack(inputs_lst), torch.stack(targets_lst)
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 28
+def calc_response_loss(data_loader, model, device):
+    """Mean cross-entropy per kept target token (sum over all of them, then divide by their number)."""
+    was_training = model.training
+    model.eval()
+    total_loss, num_targets = 0.0, 0
+    with torch.no_grad():
+        for inputs, targets in data_loader:
+            inputs, targets = inputs.to(device), targets.to(device)
+            logits = model(inputs)
+            total_loss += torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
+            num_targets += (targets != -100).sum().item()
+    model.train(was_training)
+    return total_loss / num_targets
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 31
+def generate_response(entry, model, tokenizer, device, max_new_tokens=30):
+    """The model's greedy response to one entry, without the prompt and the end-of-text."""
+    prompt_ids = torch.tensor([tokenizer.encode(format_input(entry))], device=device)
+    token_ids = generate(model, prompt_ids, max_new_tokens=max_new_tokens,
+                         context_size=model.context_length, eos_id=END_OF_TEXT_ID)
+    response_ids = token_ids[0, prompt_ids.shape[1]:].tolist()
+    if response_ids and response_ids[-1] == END_OF_TEXT_ID:
+        response_ids = response_ids[:-1]  # the end-of-text is a stop signal, not text
+    return tokenizer.decode(response_ids).strip()
