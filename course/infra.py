@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import urllib.request
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -109,11 +110,15 @@ def download(url, dest, sha256=None, archive_member=None, timeout=30):
 
 def _from_hugging_face(entry):
     """The file from the Hugging Face cache, else downloaded into it (resumable, with a progress bar)."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache  # imported only when needed
+    with warnings.catch_warnings():  # in Jupyter without ipywidgets tqdm warns, then shows a text bar
+        warnings.simplefilter("ignore")
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache  # imported only when needed
 
     cached = try_to_load_from_cache(entry["hf_repo"], entry["hf_filename"])
     if isinstance(cached, str):
         return Path(cached)
+    # One quick request first: offline, huggingface_hub would retry for half a minute.
+    urllib.request.urlopen(urllib.request.Request(entry["url"], method="HEAD"), timeout=10).close()
     return Path(hf_hub_download(entry["hf_repo"], entry["hf_filename"]))
 
 
@@ -144,7 +149,7 @@ def get_data_file(name, data_dir=None, mirror=None, manifest=None):
     except DataFileError:  # found or downloaded, but not the published file: that message says it all
         raise
     except (OSError, ValueError, zipfile.BadZipFile) as exc:  # no network, no such URL, offline mode
-        where = f"{MIRROR_ENV}={mirror}" if mirror else f"{MIRROR_ENV} (not set)"
+        where = f"the mirror folder ${MIRROR_ENV}" if mirror else f"${MIRROR_ENV} (not set)"
         reason = (str(exc).splitlines() or [""])[0][:200]
         raise DataFileError(
             f"Course file {name!r} was not found and could not be downloaded "
