@@ -55,19 +55,23 @@ def add_to_class(cls):
 
 
 # %% training/LLM-performance.ipynb, cell 27
+def check_fits(num_tokens, past, context_length, what):
+    """Refuse num_tokens new tokens after past cached ones that would not fit the context."""
+    if past + num_tokens > context_length:
+        raise ValueError(
+            f"The input has {num_tokens} tokens" + (f" after {past} cached ones" if past else "")
+            + f" but {what} supports at most context_length={context_length}; crop it to its last "
+            f"{context_length} tokens, or start a new cache from them."
+        )
+
+
 @add_to_class(MultiHeadAttention)
 def forward(self, x, kv_cache=None):
     """Chapter 2's forward; with a KVCache, x holds only the tokens that follow the cached ones,
     and they attend to the cached keys and values as well as to their own."""
     b, num_tokens, _ = x.shape
     past = 0 if kv_cache is None else kv_cache.num_tokens  # tokens already in the cache
-    if past + num_tokens > self.context_length:
-        raise ValueError(
-            f"The input has {num_tokens} tokens"
-            + (f" after {past} cached ones" if past else "")
-            + f" but this attention supports at most context_length={self.context_length}; "
-            f"crop the input to its last {self.context_length} tokens."
-        )
+    check_fits(num_tokens, past, self.context_length, "this attention")
     queries = self.split_heads(self.W_query(x))
     keys, values = self.split_heads(self.W_key(x)), self.split_heads(self.W_value(x))
     if kv_cache is not None:
@@ -112,13 +116,7 @@ def forward(self, in_idx, kv_cache=None):
         )
     seq_len = in_idx.shape[1]
     past = 0 if caches[0] is None else caches[0].num_tokens  # tokens already in the cache
-    if past + seq_len > self.context_length:
-        raise ValueError(
-            f"The input has {seq_len} tokens"
-            + (f" after {past} cached ones" if past else "")
-            + f" but the model supports at most context_length={self.context_length}; "
-            f"crop it to its last {self.context_length} tokens, e.g. in_idx[:, -model.context_length:]."
-        )
+    check_fits(seq_len, past, self.context_length, "the model")
     x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb.weight[past:past + seq_len])
     for block, cache in zip(self.trf_blocks, caches):
         x = block(x, cache)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import tiktoken
 import torch
+import torch.nn as nn
 from torch.utils.data import Dataset
 
 from course.ch1_data import END_OF_TEXT_ID, create_dataloader_v1  # chapter 1
@@ -164,13 +165,12 @@ def calc_loss_batch_classifier(input_batch, target_batch, model, device):
 
 
 def calc_loss_loader_classifier(data_loader, model, device, num_batches=None):
-    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
-    total_loss = 0.0
-    for i, (input_batch, target_batch) in enumerate(data_loader):
-        if i == num_batches:
-            break
-        total_loss += calc_loss_batch_classifier(input_batch, target_batch, model, device).item()
-    return total_loss / num_batches
+    """Mean classification loss over the first num_batches batches (all of them when None)."""
+    losses = [calc_loss_batch_classifier(input_batch, target_batch, model, device).item()
+              for input_batch, target_batch in itertools.islice(data_loader, num_batches)]
+    if not losses:
+        raise ValueError("The data loader has no batches, so there is no loss to average.")
+    return sum(losses) / len(losses)
 
 
 def calc_accuracy_loader(data_loader, model, device, num_batches=None):

@@ -250,6 +250,7 @@ def test_a_tied_model_holds_gpt2_weights_like_transformers():
 
 # --- the benchmark command ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_benchmark_quick_mode_runs():
     result = subprocess.run([sys.executable, str(ROOT / "training" / "benchmark.py"), "--quick"],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)

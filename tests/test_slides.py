@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds the decks with npm and renders them in Chromium
+
 from notebook_tools import ROOT, all_notebooks
 
 SLIDES = ROOT / "slides"

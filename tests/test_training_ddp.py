@@ -52,6 +52,7 @@ def final_weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_two_ranks_agree_with_each_other_and_with_one_process(tmp_path):
     code, log = torchrun(2, *TINY_ARGS, "--batch-size", "8", "--out", str(tmp_path / "ddp.pt"),
                          "--save-rank-states", str(tmp_path / "ddp"))
@@ -86,6 +87,7 @@ def test_two_ranks_agree_with_each_other_and_with_one_process(tmp_path):
     assert f"x batch 16 = 16 sequences per step, {steps} steps per epoch" in single_log
 
 
+@pytest.mark.slow
 def test_more_ranks_than_batches_fails_fast_with_a_clear_message(tmp_path):
     # ~140 training windows of 32 tokens: one batch of 100 for one process, none for each of two
     code, log = torchrun(2, *TINY_ARGS, "--batch-size", "100", "--out", str(tmp_path / "never.pt"))
