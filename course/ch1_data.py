@@ -8,11 +8,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 
-# %% notebooks/LLM-data-preprocessing.ipynb, cell 15
+# %% notebooks/LLM-data-preprocessing.ipynb, cell 17
 END_OF_TEXT_ID = 50256  # GPT-2's <|endoftext|> token
 
 
-# %% notebooks/LLM-data-preprocessing.ipynb, cell 27
+# %% notebooks/LLM-data-preprocessing.ipynb, cell 31
 class GPTDatasetV1(Dataset):
     """Sliding windows over a tokenized text: each input is max_length tokens and its target
     is the same window shifted one token to the right (the next token at every position)."""
@@ -45,7 +45,7 @@ class GPTDatasetV1(Dataset):
         return self.input_ids[idx], self.target_ids[idx]
 
 
-# %% notebooks/LLM-data-preprocessing.ipynb, cell 35
+# %% notebooks/LLM-data-preprocessing.ipynb, cell 39
 def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128,
                          shuffle=True, drop_last=True, num_workers=0):
     """A DataLoader of (input_ids, target_ids) batches over `txt`, tokenized with GPT-2's BPE."""

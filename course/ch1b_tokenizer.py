@@ -8,7 +8,7 @@ import json
 import regex
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 9
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 10
 def pair_counts(ids):
     """How often each adjacent pair (a, b) occurs in the list of token ids."""
     counts = {}
@@ -17,7 +17,7 @@ def pair_counts(ids):
     return counts
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 12
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 13
 def merge_pair(ids, pair, new_id):
     """ids with every non-overlapping occurrence of pair, left to right, replaced by new_id."""
     out, i = [], 0
@@ -31,7 +31,7 @@ def merge_pair(ids, pair, new_id):
     return out
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 15
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 16
 def train_bpe(text, num_merges):
     """Learn num_merges merges from text's UTF-8 bytes.
 
@@ -53,7 +53,7 @@ def train_bpe(text, num_merges):
     return merges, vocab, history
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 22
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 23
 def tiny_encode(text, merges):
     """Encode text with merges learned by train_bpe: replay them, the earliest learned first."""
     ids = list(text.encode("utf-8"))
@@ -65,7 +65,7 @@ def tiny_encode(text, merges):
     return ids
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 25
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 27
 def load_encoder(path):
     """encoder.json: token string (in bytes_to_unicode characters) -> id, 50,257 entries."""
     with open(path, encoding="utf-8") as f:
@@ -79,7 +79,7 @@ def load_merges(path):
     return [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 29
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 31
 def bytes_to_unicode():
     """GPT-2's table from each of the 256 byte values to a printable Unicode character.
 
@@ -99,12 +99,12 @@ def bytes_to_unicode():
     return table
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 33
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 35
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 37
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 39
 def bpe_merge(word, ranks, steps=None):
     """Split word (a string of bytes_to_unicode characters) into GPT-2's BPE tokens.
 
@@ -132,7 +132,7 @@ def bpe_merge(word, ranks, steps=None):
     return parts
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 41
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 43
 class GPT2Tokenizer:
     """GPT-2's byte-level BPE, from its two published files' contents.
 

@@ -32,14 +32,14 @@ def token_ids_to_text(token_ids, tokenizer):
     return tokenizer.decode(token_ids.squeeze(0).tolist())  # drop the batch dimension
 
 
-# %% training/LLM-training.ipynb, cell 31
+# %% training/LLM-training.ipynb, cell 32
 def calc_loss_batch(input_batch, target_batch, model, device):
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     logits = model(input_batch)  # (batch, num_tokens, vocab_size)
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
 
 
-# %% training/LLM-training.ipynb, cell 32
+# %% training/LLM-training.ipynb, cell 33
 def calc_loss_loader(data_loader, model, device, num_batches=None):
     """Mean loss over the first num_batches batches (all of them when None)."""
     if len(data_loader) == 0:
@@ -58,7 +58,7 @@ def calc_loss_loader(data_loader, model, device, num_batches=None):
     return total_loss / num_batches
 
 
-# %% training/LLM-training.ipynb, cell 34
+# %% training/LLM-training.ipynb, cell 35
 def get_device():
     """The fastest device here: CUDA, then Apple silicon (MPS), then the CPU."""
     if torch.cuda.is_available():
@@ -68,7 +68,7 @@ def get_device():
     return torch.device("cpu")
 
 
-# %% training/LLM-training.ipynb, cell 40
+# %% training/LLM-training.ipynb, cell 42
 def evaluate_model(model, train_loader, val_loader, device, eval_iter):
     """Mean training and validation loss over eval_iter batches each, with dropout off."""
     was_training = model.training
@@ -80,7 +80,7 @@ def evaluate_model(model, train_loader, val_loader, device, eval_iter):
     return train_loss, val_loss
 
 
-# %% training/LLM-training.ipynb, cell 42
+# %% training/LLM-training.ipynb, cell 44
 def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50):
     """Print a greedy continuation of start_context on one line (a progress check, not a demo)."""
     was_training = model.training
@@ -92,7 +92,7 @@ def generate_and_print_sample(model, tokenizer, device, start_context, max_new_t
     model.train(was_training)
 
 
-# %% training/LLM-training.ipynb, cell 44
+# %% training/LLM-training.ipynb, cell 46
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
                        eval_freq, eval_iter, start_context, tokenizer):
     """Train for num_epochs; every eval_freq steps print the train and validation losses,
@@ -126,7 +126,7 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     return train_losses, val_losses, track_tokens_seen
 
 
-# %% training/LLM-training.ipynb, cell 64
+# %% training/LLM-training.ipynb, cell 71
 def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None):
     """Append up to max_new_tokens tokens to idx (batch, num_tokens): greedy when temperature
     is 0 or None, else sampled from softmax(logits / temperature), optionally only among the

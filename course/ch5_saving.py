@@ -4,6 +4,7 @@
 
 # %% post_training/LLM-saving-loading.ipynb, cell 5
 import pickle
+import re
 import zipfile
 
 import torch
@@ -14,7 +15,7 @@ from course.ch4b_performance import GPTModel  # chapter 3's model, with chapter 
 from course.infra import CheckpointError, DataFileError, atomic_write, get_data_file  # not taught
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 20
+# %% post_training/LLM-saving-loading.ipynb, cell 21
 def save_checkpoint(path, model, optimizer=None, config=None, step=None, **extra):
     """Write model (and optimizer) state atomically: a crash mid-save leaves the old file intact.
 
@@ -39,7 +40,7 @@ def save_checkpoint(path, model, optimizer=None, config=None, step=None, **extra
         torch.save(state, f)
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 22
+# %% post_training/LLM-saving-loading.ipynb, cell 23
 def load_checkpoint(path, model=None, optimizer=None, map_location="cpu", restore_rng=False):
     """Load a checkpoint safely (weights_only=True: tensors and plain containers, no code),
     restore model and optimizer state if given, and return the whole checkpoint dict.
@@ -54,12 +55,12 @@ def load_checkpoint(path, model=None, optimizer=None, map_location="cpu", restor
     except (FileNotFoundError, CheckpointError):
         raise
     except pickle.UnpicklingError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
-        reason = next((line for line in lines if "Unsupported global" in line), lines[-1])
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # the object the file asks pickle to call
+        what = f"it asks for {found.group(1)}" if found else (str(exc).splitlines() or [""])[0][:200]
         raise CheckpointError(
             f"{path} holds Python objects that weights_only=True refuses to load, because loading "
-            f"them could run code ({reason.split('. ')[0]}). Load it with "
-            f"torch.load(path, weights_only=False) only if you trust where the file came from."
+            f"them could run code ({what}). Load it with torch.load(path, weights_only=False) only "
+            f"if you trust where the file came from."
         ) from None
     except Exception as exc:
         reason = (str(exc).splitlines() or [""])[0][:200]
@@ -102,7 +103,7 @@ def load_checkpoint(path, model=None, optimizer=None, map_location="cpu", restor
     return state
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 51
+# %% post_training/LLM-saving-loading.ipynb, cell 52
 GPT2_SIZES = {  # model name on the Hugging Face hub -> its size in GPT_FAMILY
     "gpt2": "gpt2-small (124M)",
     "gpt2-medium": "gpt2-medium (355M)",
@@ -119,14 +120,14 @@ def gpt2_config(model_name="gpt2"):
             "context_length": 1024, "qkv_bias": True, "drop_rate": 0.0}
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 55
+# %% post_training/LLM-saving-loading.ipynb, cell 56
 def gpt2_weights_path(model_name="gpt2", data_dir=None):
     """A verified local path to GPT-2 `model_name`'s model.safetensors (found or downloaded once)."""
     gpt2_config(model_name)  # fails early on an unknown name
     return get_data_file(f"gpt2/{model_name}/model.safetensors", data_dir=data_dir)
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 57
+# %% post_training/LLM-saving-loading.ipynb, cell 59
 def assign_weight(param, tensor, name):
     """Copy tensor into param, or say which tensor does not fit (a config that does not match)."""
     if param is None:
@@ -140,7 +141,7 @@ def assign_weight(param, tensor, name):
         param.copy_(tensor)
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 59
+# %% post_training/LLM-saving-loading.ipynb, cell 61
 def load_gpt2_params(model, params):
     """Copy GPT-2 tensors, named as OpenAI/Hugging Face publish them, into our GPTModel."""
     # Keys may start with "transformer."; "h.N.attn.bias" and "h.N.attn.masked_bias" are the
@@ -193,7 +194,7 @@ def load_gpt2_params(model, params):
     return model
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 61
+# %% post_training/LLM-saving-loading.ipynb, cell 63
 def load_gpt2_safetensors(path, cfg):
     """A GPTModel built from cfg holding the GPT-2 weights stored in the safetensors file path."""
     try:

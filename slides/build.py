@@ -119,6 +119,34 @@ def check_offline(nb, notebook):
                      "draw it with matplotlib or as an image instead.")
 
 
+def chapter_number(notebook):
+    """The chapter's number as the README gives it (1, 1b, 2, ..., 4b, 6a), from the module the
+    notebook exports (`#| default_exp ch4b_performance` -> "4b")."""
+    for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and source.startswith("#| default_exp ch"):
+            return source.split()[2].removeprefix("ch").split("_")[0]
+    sys.exit(f"{notebook.relative_to(ROOT)} names no module (#| default_exp), so it has no chapter number")
+
+
+def course_order(notebooks):
+    """Chapters in the README's order: 1, 1b, 2, 3, 4, 4b, 4c, 5, 6a, 6b."""
+    def key(notebook):
+        number = chapter_number(notebook)
+        digits = "".join(ch for ch in number if ch.isdigit())
+        return int(digits), number[len(digits):]
+    return sorted(notebooks, key=key)
+
+
+INDEX_STYLE = """body { font-family: "Source Sans Pro", Helvetica, sans-serif; color: #222; max-width: 46em;
+  margin: 3em auto; padding: 0 1em; font-size: 1.25em; line-height: 1.5; }
+h1 { font-weight: 600; letter-spacing: normal; text-transform: uppercase; font-size: 1.7em; }
+ol { list-style: none; padding: 0; } li { margin: 0.4em 0; }
+.number { display: inline-block; min-width: 2.6em; color: #777; }
+a { color: #2a76dd; text-decoration: none; } a:hover { text-decoration: underline; }
+p { color: #555; }"""
+
+
 def title_of(nb, notebook):
     for cell in nb.cells:
         if cell.cell_type == "markdown":
@@ -131,7 +159,7 @@ def title_of(nb, notebook):
 def build():
     import nbformat
 
-    notebooks = all_notebooks()
+    notebooks = course_order(all_notebooks())
     names = [deck_name(nb) for nb in notebooks]
     if len(set(names)) != len(names):
         sys.exit(f"two chapter notebooks share a file name, so their decks would too: {names}")
@@ -148,10 +176,13 @@ def build():
         check_offline(nb, notebook)
         body, _ = slides_exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
         (BUILD / deck_name(notebook)).write_text(body, encoding="utf-8")
-        links.append(f'<li><a href="{deck_name(notebook)}">{html.escape(title_of(nb, notebook))}</a></li>')
+        links.append(f'<li><span class="number">{chapter_number(notebook)}</span>'
+                     f'<a href="{deck_name(notebook)}">{html.escape(title_of(nb, notebook))}</a></li>')
         print(f"{notebook.relative_to(ROOT)} -> {(BUILD / deck_name(notebook)).relative_to(ROOT)}")
     (BUILD / "index.html").write_text(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>Course slides</title></head>\n"
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>Course slides</title>\n"
+        f"<link rel=\"stylesheet\" href=\"{LIB}/reveal.js/dist/theme/fonts/source-sans-pro/source-sans-pro.css\">\n"
+        f"<style>\n{INDEX_STYLE}\n</style></head>\n"
         "<body>\n<h1>How LLMs Are Made (From Scratch): slides</h1>\n<ol>\n" + "\n".join(links) +
         "\n</ol>\n<p>Arrow keys move between slides, S opens the speaker view, Esc the overview.</p>\n"
         "</body>\n</html>\n", encoding="utf-8")

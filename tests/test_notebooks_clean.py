@@ -72,3 +72,12 @@ def test_the_checker_catches_a_bad_notebook(tmp_path):
     found = " | ".join(problems(path))
     assert "never executed" in found and "machine path" in found
     assert "memory address" in found and "not 1..N" in found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_exercise_solutions_stay_hidden(path):
+    """A solution cell starts folded in JupyterLab, its answer (the output) as well as its code."""
+    for i, cell in enumerate(code_cells(path)):
+        if cell_source(cell).startswith("# Solution"):
+            hidden = cell["metadata"].get("jupyter", {})
+            assert hidden.get("source_hidden") and hidden.get("outputs_hidden"), f"code cell {i} shows its solution"

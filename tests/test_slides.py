@@ -13,6 +13,7 @@ install chromium). Without them these tests skip locally and FAIL under CI (env 
 import base64
 import fcntl
 import json
+import re
 import os
 import select
 import shutil
@@ -110,6 +111,15 @@ def test_one_deck_per_chapter(decks):
     index = (BUILD / "index.html").read_text(encoding="utf-8")
     for deck in decks.values():
         assert f'href="{deck.name}"' in index
+
+
+def test_the_index_lists_the_chapters_in_course_order_with_the_readmes_numbers(decks):
+    index = (BUILD / "index.html").read_text(encoding="utf-8")
+    numbers = re.findall(r'<span class="number">([0-9a-z]+)</span>', index)
+    assert numbers == ["1", "1b", "2", "3", "4", "4b", "4c", "5", "6a", "6b"], numbers
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for number in numbers:
+        assert f"| {number} · " in readme, f"the README's chapter table has no row {number}"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
@@ -348,3 +358,52 @@ def test_title_slide_screenshot(decks, chromium):
     background = np.median(gray)
     drawn = np.abs(gray - background) > 0.2
     assert 0.005 < drawn.mean() < 0.6, f"{drawn.mean():.2%} of the screenshot differs from its background"
+
+
+DIAGRAM_SLIDE = BUILD / "diagram-slide.png"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_decks_hold_the_chapters_diagrams(decks, notebook):
+    """Every diagram cell's stored PNG is embedded in the deck (the decks need no file besides)."""
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    diagram_cells = [c for c in nb["cells"] if c["cell_type"] == "code" and "diagrams.show(" in "".join(c["source"])
+                     and c["metadata"].get("slideshow", {}).get("slide_type") != "skip"]
+    deck = decks[notebook].read_text(encoding="utf-8")
+    for cell in diagram_cells:
+        png = next(out["data"]["image/png"] for out in cell["outputs"] if "image/png" in out.get("data", {}))
+        png = "".join(png) if isinstance(png, list) else png
+        assert png.strip()[:200] in deck, f"a diagram of {notebook.name} is missing from its deck"
+
+
+def test_a_diagram_slide_screenshot(decks, chromium):
+    """A 1280x720 PNG of the slide that shows chapter 3's first diagram (GPTModel end to end)."""
+    from matplotlib.image import imread
+    import numpy as np
+
+    deck = next(deck for nb, deck in decks.items() if nb.name == "LLM-GPT-arch.ipynb")
+    DIAGRAM_SLIDE.unlink(missing_ok=True)
+    session, target, problems = open_deck(chromium, deck)
+    try:
+        chromium.call("Emulation.setDeviceMetricsOverride", session, width=1280, height=720,
+                      deviceScaleFactor=1, mobile=False)
+        shown = chromium.evaluate(session, """new Promise(done => {
+          const img = document.querySelector('.reveal .slides img');
+          const slide = img.closest('section');
+          const indices = Reveal.getIndices(slide);
+          Reveal.slide(indices.h, indices.v, slide.querySelectorAll('.fragment').length);
+          requestAnimationFrame(() => requestAnimationFrame(() => {
+            const box = img.getBoundingClientRect();
+            done({visible: box.width > 200 && box.height > 100 && box.top < innerHeight && box.bottom > 0});
+          }));
+        })""")
+        png = chromium.call("Page.captureScreenshot", session, format="png")["data"]
+    finally:
+        chromium.call("Target.closeTarget", targetId=target)
+    assert not problems, problems
+    assert shown["visible"], shown
+    DIAGRAM_SLIDE.write_bytes(base64.b64decode(png))
+    image = imread(DIAGRAM_SLIDE)
+    assert image.shape[:2] == (720, 1280), image.shape
+    gray = image[..., :3].mean(axis=2)
+    assert (np.abs(gray - np.median(gray)) > 0.2).mean() > 0.01, "the diagram slide looks empty"
