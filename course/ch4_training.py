@@ -126,7 +126,7 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     return train_losses, val_losses, track_tokens_seen
 
 
-# %% training/LLM-training.ipynb, cell 71
+# %% training/LLM-training.ipynb, cell 72
 def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None):
     """Append up to max_new_tokens tokens to idx (batch, num_tokens): greedy when temperature
     is 0 or None, else sampled from softmax(logits / temperature), optionally only among the

@@ -448,19 +448,18 @@ def gpt2_mapping():
 # --- Chapter 1b: byte-pair encoding from scratch -----------------------------------------------
 
 def bpe_training():
-    fig, ax = _canvas(14, 4.0, "Training BPE: merge the most frequent adjacent pair, repeat")
+    fig, ax = _canvas(14, 4.2, "Training BPE: merge the most frequent adjacent pair, repeat")
     rows = [("a a a b d a a a b a c", "start: one token per byte"),
             ("Z a b d Z a b a c", "most frequent pair (a, a) becomes new token Z"),
             ("Z Y d Z Y a c", "then (a, b) becomes Y"),
             ("X d X a c", "then (Z, Y) becomes X")]
     for i, (tokens, what) in enumerate(rows):
-        y = 3.3 - i * 0.85
+        y = 3.5 - i * 0.85
         box(ax, 3.6, y, tokens, "data" if i == 0 else "op", w=5.6, h=0.6, size=FONT - 1)
         note(ax, 6.7, y, what, size=FONT - 2, ha="left")
         if i:
             arrow(ax, (3.6, y + 0.55), (3.6, y + 0.3))
-    note(ax, 11.4, 0.5, "each merge adds one token to the vocabulary\nand makes the text one step shorter",
-         size=FONT - 2)
+    note(ax, 3.6, 0.2, "each merge adds one token to the vocabulary and makes the text shorter", size=FONT - 2)
     return fig
 
 
@@ -513,12 +512,39 @@ def instruction_batch():
     return fig
 
 
+def frozen_layers():
+    fig, ax = _canvas(12, 6.4, "Finetuning a classifier: what is frozen, what trains")
+    items = [("tok_emb + pos_emb", "note", "frozen"), ("TransformerBlock 0 ... n-2", "note", "frozen (GPT-2) / trained (stand-in)"),
+             ("last TransformerBlock", "module", "trained"), ("final_norm", "module", "trained"),
+             ("new out_head: Linear(emb_dim, 2)", "loss", "new, trained")]
+    boxes = [box(ax, 3.6, 5.5 - i * 1.1, text, kind, w=5.6, h=0.75) for i, (text, kind, _) in enumerate(items)]
+    for a, b in zip(boxes, boxes[1:]):
+        arrow(ax, a, b)
+    for i, (_, _, what) in enumerate(items):
+        note(ax, 6.8, 5.5 - i * 1.1, what, size=FONT - 1, ha="left")
+    note(ax, 6.0, 0.3, "requires_grad = False on frozen parameters: no gradient, no update", size=FONT - 2)
+    return fig
+
+
+def alpaca_prompt():
+    fig, ax = _canvas(14, 4.4, "One training example: the prompt (Alpaca format) and the response")
+    prompt = box(ax, 4.3, 2.6, "Below is an instruction that describes a task. ...\n\n### Instruction:\n"
+                                "Rewrite the sentence using a simile.\n\n### Input:\nThe car is very fast.\n\n### Response:",
+                 "note", w=7.6, h=3.0, size=FONT - 2)
+    response = box(ax, 11.2, 2.6, "The car is as fast\nas lightning.<|endoftext|>", "data", w=4.6, h=1.2, size=FONT - 1)
+    arrow(ax, prompt, response)
+    note(ax, 4.3, 0.55, "format_input(entry): masked in the targets (-100)", size=FONT - 2)
+    note(ax, 11.2, 0.55, "entry['output']: the tokens the loss is computed on", size=FONT - 2)
+    return fig
+
+
 DIAGRAMS = {f.__name__: f for f in [
     text_to_embeddings, sliding_windows, bpe_pieces, embedding_lookup,
     attention_weighted_sum, qkv_projections, causal_mask, head_split,
     gpt_model, transformer_block, feed_forward, layer_norm, shortcut,
     training_loop, cross_entropy, kv_cache, cache_rebuild, ddp_allreduce, distributed_sampler,
     checkpoint_contents, gpt2_mapping, classification_head, instruction_batch, bpe_training, gpt2_encode,
+    frozen_layers, alpaca_prompt,
 ]}
 
 

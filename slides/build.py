@@ -104,6 +104,9 @@ def exporter():
     c.SlidesExporter.reveal_scroll = True    # a slide taller than the screen scrolls
     c.SlidesExporter.exclude_input_prompt = True
     c.SlidesExporter.exclude_output_prompt = True
+    # A diagram cell's code (`diagrams.show("...")`) is for the notebook: a slide shows the picture.
+    c.TagRemovePreprocessor.enabled = True
+    c.TagRemovePreprocessor.remove_input_tags = {"diagram"}
     return SlidesExporter(config=c)
 
 

@@ -387,16 +387,17 @@ def test_a_diagram_slide_screenshot(decks, chromium):
     try:
         chromium.call("Emulation.setDeviceMetricsOverride", session, width=1280, height=720,
                       deviceScaleFactor=1, mobile=False)
-        shown = chromium.evaluate(session, """new Promise(done => {
+        shown = chromium.evaluate(session, """new Promise(done => require(["lib/reveal.js/dist/reveal.js"], Reveal => {
           const img = document.querySelector('.reveal .slides img');
           const slide = img.closest('section');
           const indices = Reveal.getIndices(slide);
-          Reveal.slide(indices.h, indices.v, slide.querySelectorAll('.fragment').length);
-          requestAnimationFrame(() => requestAnimationFrame(() => {
+          Reveal.slide(indices.h, indices.v, slide.querySelectorAll('.fragment').length - 1);
+          setTimeout(() => {  // after the slide transition (reveal.js animates for about 0.8 s)
             const box = img.getBoundingClientRect();
-            done({visible: box.width > 200 && box.height > 100 && box.top < innerHeight && box.bottom > 0});
-          }));
-        })""")
+            done({visible: box.width > 200 && box.height > 100 && box.left >= 0 && box.right <= innerWidth
+                           && box.top < innerHeight && box.bottom > 0, slide: Reveal.getIndices()});
+          }, 1500);
+        }))""")
         png = chromium.call("Page.captureScreenshot", session, format="png")["data"]
     finally:
         chromium.call("Target.closeTarget", targetId=target)
