@@ -12,6 +12,8 @@ from course.infra import (DATA_DIR, MIRROR_ENV, ROOT, CheckpointError, CourseErr
                           prepare_tiktoken_offline, sha256_of)
 # 1 Data: notebooks/LLM-data-preprocessing.ipynb -> course/ch1_data.py
 from course.ch1_data import END_OF_TEXT_ID, GPTDatasetV1, create_dataloader_v1
+# 1b BPE from scratch (companion): notebooks/LLM-bpe-from-scratch.ipynb -> course/ch1b_tokenizer.py
+from course.ch1b_tokenizer import GPT2Tokenizer, bytes_to_unicode, train_bpe
 # 2 Attention: attention/LLM_attention.ipynb -> course/ch2_attention.py
 from course.ch2_attention import MultiHeadAttention
 # 3 Architecture: architecture/LLM-GPT-arch.ipynb -> course/ch3_architecture.py

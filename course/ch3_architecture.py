@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from course.ch2_attention import MultiHeadAttention  # chapter 2, section 7
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 7
+# %% architecture/LLM-GPT-arch.ipynb, cell 8
 GPT_124M_CONFIG = {
     "vocab_size": 50257,     # GPT-2's BPE vocabulary
     "context_length": 1024,  # the longest input the model supports
@@ -22,7 +22,7 @@ GPT_124M_CONFIG = {
 }
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 30
+# %% architecture/LLM-GPT-arch.ipynb, cell 31
 class FeedForward(nn.Module):
     """Expand each token to 4x the embedding size, apply GELU, project back."""
 
@@ -38,7 +38,7 @@ class FeedForward(nn.Module):
         return self.layers(x)
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 40
+# %% architecture/LLM-GPT-arch.ipynb, cell 41
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: x + attention(norm(x)), then x + feed_forward(norm(x))."""
 
@@ -59,7 +59,7 @@ class TransformerBlock(nn.Module):
         return x
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 44
+# %% architecture/LLM-GPT-arch.ipynb, cell 45
 def check_config(cfg):
     """Fail early, naming the key, instead of with a shape error deep inside the model."""
     required = {"vocab_size": int, "context_length": int, "emb_dim": int, "n_heads": int,
@@ -85,7 +85,7 @@ def check_config(cfg):
         )
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 45
+# %% architecture/LLM-GPT-arch.ipynb, cell 46
 class GPTModel(nn.Module):
     """Token + position embeddings -> n_layers transformer blocks -> final norm -> logits.
 
@@ -143,7 +143,7 @@ class GPTModel(nn.Module):
         return self.out_head(x)  # (batch_size, seq_len, vocab_size)
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 61
+# %% architecture/LLM-GPT-arch.ipynb, cell 62
 GPT_FAMILY = {
     "gpt2-small (124M)": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},
     "gpt2-medium (355M)": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},
@@ -152,7 +152,7 @@ GPT_FAMILY = {
 }
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 67
+# %% architecture/LLM-GPT-arch.ipynb, cell 68
 def generate_text_simple(model, idx, max_new_tokens, context_size):
     """Greedy decoding: append the most likely next token, max_new_tokens times."""
     if context_size < 1:
@@ -169,7 +169,7 @@ def generate_text_simple(model, idx, max_new_tokens, context_size):
     return idx
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 80
+# %% architecture/LLM-GPT-arch.ipynb, cell 81
 class LayerNorm(nn.Module):
     """Normalise each token's features to mean 0 and variance 1, then scale and shift.
     The formula of the chapter, computed by PyTorch's fused layer_norm kernel."""
@@ -184,7 +184,7 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)  # biased variance
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 81
+# %% architecture/LLM-GPT-arch.ipynb, cell 82
 class GELU(nn.Module):
     """GELU activation, tanh approximation (the one GPT-2 was trained with), in one fused kernel."""
 

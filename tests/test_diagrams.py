@@ -1,5 +1,4 @@
 """The conceptual diagrams: drawn by course/diagrams.py, stored as images in every chapter."""
-import json
 import re
 import warnings
 

@@ -19,10 +19,8 @@ import select
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
