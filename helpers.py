@@ -41,3 +41,5 @@ from course.ch6a_classification import (BASE_RECIPE, SpamDataset, base_model_pat
 # 6b Instructions: finetune/LLM-finetune-instructions.ipynb -> course/ch6b_instructions.py
 from course.ch6b_instructions import (InstructionDataset, calc_response_loss, format_input,
                                       generate_response, instruction_collate_fn)
+# 6c LoRA: finetune/LLM-finetune-lora.ipynb -> course/ch6c_lora.py
+from course.ch6c_lora import LORA_TARGETS, LinearWithLoRA, LoRALayer, add_lora, merge_lora

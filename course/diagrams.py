@@ -538,13 +538,47 @@ def alpaca_prompt():
     return fig
 
 
+# --- Chapter 6c: LoRA ---------------------------------------------------------------------------
+
+def lora_update():
+    fig, ax = _canvas(14, 5.0, "LoRA: a frozen W plus a trainable low-rank path")
+    x = box(ax, 1.3, 2.5, "x\n(…, d_in)", "data", w=1.8, h=1.0)
+    w = box(ax, 6.2, 4.0, "W x   (frozen)\nW: d_out × d_in", "note", w=3.6, h=0.95)
+    a = box(ax, 4.6, 1.1, "A x\nA: r × d_in\n(random start)", "module", w=2.6, h=1.2, size=FONT - 1)
+    b = box(ax, 7.8, 1.1, "B (A x)\nB: d_out × r\n(zeros at start)", "module", w=2.6, h=1.2, size=FONT - 1)
+    s = box(ax, 10.3, 1.1, "× alpha / r", "op", w=1.7, h=0.8)
+    plus = box(ax, 10.3, 4.0, "+", "op", w=0.7, h=0.7, size=FONT + 4)
+    out = box(ax, 12.8, 4.0, "h = W x\n+ (alpha/r) B A x", "data", w=2.2, h=1.1, size=FONT - 1)
+    arrow(ax, x, w)
+    arrow(ax, x, a)
+    arrow(ax, a, b, "r numbers", text_offset=(0, 0.62))
+    arrow(ax, b, s)
+    arrow(ax, s, plus)
+    arrow(ax, w, plus)
+    arrow(ax, plus, out)
+    note(ax, 6.2, 2.6, "trained: only A and B, r·(d_in + d_out) numbers instead of d_in·d_out", size=FONT - 2)
+    return fig
+
+
+def lora_merge():
+    fig, ax = _canvas(14, 3.4, "Merging for inference: fold B A into W once")
+    box(ax, 1.5, 1.9, "W (frozen)\nd_out × d_in", "note", w=2.4, h=1.0)
+    note(ax, 3.2, 1.9, "+", size=FONT + 8, color="#1a1a1a")
+    box(ax, 5.6, 1.9, "(alpha / r) · B A\n(d_out × r)(r × d_in)", "module", w=3.8, h=1.0)
+    note(ax, 8.0, 1.9, "=", size=FONT + 8, color="#1a1a1a")
+    box(ax, 11.0, 1.9, "W' : the weight of one\nplain nn.Linear(d_in, d_out)", "data", w=4.6, h=1.0)
+    note(ax, 7.0, 0.45, "W' x = W x + (alpha/r) B (A x): the same outputs, with no extra layer or time at inference",
+         size=FONT - 2)
+    return fig
+
+
 DIAGRAMS = {f.__name__: f for f in [
     text_to_embeddings, sliding_windows, bpe_pieces, embedding_lookup,
     attention_weighted_sum, qkv_projections, causal_mask, head_split,
     gpt_model, transformer_block, feed_forward, layer_norm, shortcut,
     training_loop, cross_entropy, kv_cache, cache_rebuild, ddp_allreduce, distributed_sampler,
     checkpoint_contents, gpt2_mapping, classification_head, instruction_batch, bpe_training, gpt2_encode,
-    frozen_layers, alpaca_prompt,
+    frozen_layers, alpaca_prompt, lora_update, lora_merge,
 ]}
 
 
