@@ -180,6 +180,7 @@ def run_in_process(tmp_path, name, *args):
     return load_checkpoint(tmp_path / f"{name}.pt")
 
 
+@pytest.mark.slow  # two trainings of the script on The Verdict
 def test_the_bf16_flag_is_chapter_4bs_switch(tmp_path, monkeypatch, capsys):
     assert train_ddp.parse_args([]).bf16 == "off"
     off = run_in_process(tmp_path, "off")
