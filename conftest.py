@@ -6,6 +6,9 @@ makes every notebook find its files offline in ../shared/data when that folder e
 import os
 from pathlib import Path
 
+import pytest
+import torch
+
 _mirror = Path(__file__).resolve().parent.parent / "shared" / "data"
 if _mirror.is_dir():
     os.environ.setdefault("LLM_DATA_MIRROR", str(_mirror))
@@ -15,3 +18,18 @@ if _mirror.is_dir():
 from course.infra import prepare_tiktoken_offline  # noqa: E402
 
 prepare_tiktoken_offline()
+
+# The unit tests run tiny models, whose operations are too small to split between threads: a
+# second thread only adds a rendezvous per operation, and on a busy machine (CI runners, parallel
+# workers, other jobs) waiting for a descheduled thread made a 24-step training run of
+# tests/test_stage5_checkpoints.py take 12.9 s instead of 0.09 s. So a test runs on one thread,
+# except those marked slow (the 124M model's losses, the subprocesses), which keep PyTorch's
+# default. The notebooks' kernels are other processes and keep it too.
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _threads_for_the_test(request):
+    torch.set_num_threads(_DEFAULT_THREADS if request.node.get_closest_marker("slow") else 1)
+    yield
+    torch.set_num_threads(_DEFAULT_THREADS)

@@ -22,10 +22,12 @@ from course.ch3_architecture import (GELU, GPT_124M_CONFIG, GPT_FAMILY, FeedForw
 # 4 Training: training/LLM-training.ipynb -> course/ch4_training.py
 from course.ch4_training import (GPT_SMALL_CONFIG, calc_loss_batch, calc_loss_loader, evaluate_model,
                                  generate_and_print_sample, get_device, text_to_token_ids,
-                                 token_ids_to_text, train_model_simple)
+                                 token_ids_to_text)
 # 4b Performance: training/LLM-performance.ipynb -> course/ch4b_performance.py
-# (adds the KV cache to MultiHeadAttention, TransformerBlock and GPTModel; its generate() uses it)
-from course.ch4b_performance import KVCache, KVCachedModel, add_to_class, generate, make_adamw
+# (adds the KV cache to MultiHeadAttention, TransformerBlock and GPTModel; its generate() uses it;
+# its train_model_simple is chapter 4's with a bf16 switch, off by default)
+from course.ch4b_performance import (KVCache, KVCachedModel, MixedPrecisionModel, add_to_class, generate,
+                                     has_native_bf16, make_adamw, train_model_simple, use_bf16)
 # 4c Scale out: training/LLM-distributed.ipynb -> course/ch4c_distributed.py
 from course.ch4c_distributed import DDPModel, ReshufflingSampler
 # 5 Saving & loading, GPT-2 weights: post_training/LLM-saving-loading.ipynb -> course/ch5_saving.py

@@ -4,11 +4,13 @@
 
 # %% training/LLM-performance.ipynb, cell 4
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from course.ch2_attention import MultiHeadAttention  # chapter 2
 from course.ch3_architecture import GPTModel, TransformerBlock  # chapter 3
 from course.ch4_training import generate as generate_uncached  # chapter 4's generate()
+from course.ch4_training import train_model_simple as train_model_fp32  # chapter 4's loop
 
 
 # %% training/LLM-performance.ipynb, cell 10
@@ -148,3 +150,53 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
     if use_cache and isinstance(model, GPTModel):
         model = KVCachedModel(model)
     return generate_uncached(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id)
+
+
+# %% training/LLM-performance.ipynb, cell 55
+def has_native_bf16(device):
+    """Whether device multiplies bfloat16 matrices in hardware (else bfloat16 is emulated, slower
+    than float32): CUDA since Ampere; x86 CPUs with AVX-512 BF16 or AMX; nothing else."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private: may be absent
+        return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+    return False
+
+
+def use_bf16(bf16, device):
+    """The mixed-precision switch: False (float32), True (bfloat16, even where emulated) or
+    "auto" (bfloat16 only where device has it natively)."""
+    if bf16 == "auto":
+        return has_native_bf16(device)
+    if isinstance(bf16, bool):
+        return bf16
+    raise ValueError(f'bf16 must be False, True or "auto" (got {bf16!r}).')
+
+
+# %% training/LLM-performance.ipynb, cell 60
+class MixedPrecisionModel(nn.Module):
+    """model with its forward pass under torch.autocast in bfloat16: matrix products in bfloat16,
+    the weights (and so their gradients and the optimizer's state) in float32, the logits
+    returned in float32 so that the loss is float32."""
+
+    def __init__(self, model, device_type):
+        super().__init__()
+        self.model, self.device_type = model, device_type
+        self.context_length = model.context_length  # what chapter 4's sampling reads
+
+    def forward(self, in_idx):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            logits = self.model(in_idx)
+        return logits.float()
+
+
+def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
+                       eval_freq, eval_iter, start_context, tokenizer, bf16=False):
+    """Chapter 4's loop; with bf16 on (True, or "auto" where the device has native bfloat16)
+    every forward pass runs in mixed precision, through MixedPrecisionModel."""
+    if use_bf16(bf16, device):
+        model = MixedPrecisionModel(model, torch.device(device).type)
+    return train_model_fp32(model, train_loader, val_loader, optimizer, device, num_epochs,
+                            eval_freq, eval_iter, start_context, tokenizer)

@@ -173,3 +173,42 @@ def test_bad_arguments_name_the_flag(capsys):
     with pytest.raises(SystemExit):
         train_ddp.parse_args(["--batch-size", "0"])
     assert "--batch-size must be at least 1 (got 0)" in capsys.readouterr().err
+
+
+def run_in_process(tmp_path, name, *args):
+    train_ddp.main([*TINY_ARGS, "--batch-size", "16", "--eval-freq", "2", "--out", str(tmp_path / f"{name}.pt"), *args])
+    return load_checkpoint(tmp_path / f"{name}.pt")
+
+
+@pytest.mark.slow  # two trainings of the script on The Verdict
+def test_the_bf16_flag_is_chapter_4bs_switch(tmp_path, monkeypatch, capsys):
+    assert train_ddp.parse_args([]).bf16 == "off"
+    off = run_in_process(tmp_path, "off")
+    assert "--bf16" not in capsys.readouterr().out  # off: the log of before
+    on = run_in_process(tmp_path, "on", "--bf16", "on")
+    assert "--bf16 on: matrix products in bfloat16" in capsys.readouterr().out
+    gaps = [abs(a - b) for a, b in zip(on["train_losses"] + on["val_losses"], off["train_losses"] + off["val_losses"])]
+    assert len(gaps) > 2 and max(gaps) < 0.05 and on["train_losses"] != off["train_losses"]
+    # auto hands "auto" to train_model_simple (tests/test_mixed_precision.py checks that it stays
+    # float32 without native bfloat16) and says which it is
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # a CPU without native bfloat16
+        monkeypatch.setattr(torch.cpu, check, lambda: False)
+    switches = []
+    monkeypatch.setattr(train_ddp, "train_model_simple",
+                        lambda *args, bf16, **kwargs: switches.append(bf16) or ([], [], []))
+    run_in_process(tmp_path, "auto", "--bf16", "auto")
+    assert switches == ["auto"]
+    assert "--bf16 auto: matrix products in float32 (no native bfloat16 on this cpu)" in capsys.readouterr().out
+
+
+def test_mixed_precision_runs_through_ddp(one_rank_group, capsys):
+    losses = {}
+    for bf16 in (False, True):
+        model, loader = tiny_ddp_model(), tiny_loader()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        losses[bf16], _, _ = train_model_simple(model, loader, loader, optimizer, torch.device("cpu"),
+                                                num_epochs=2, eval_freq=1, eval_iter=1,
+                                                start_context="1 2", tokenizer=Tok(), bf16=bf16)
+    assert capsys.readouterr().out.count("\n1 2 ") == 4  # the samples, through both wrappers
+    assert losses[True] != losses[False]
+    assert max(abs(a - b) for a, b in zip(losses[True], losses[False])) < 0.05

@@ -7,8 +7,10 @@ Every process (a "rank") builds the same GPTModel and trains it on its own shard
 training windows (a DistributedSampler). In backward(), DDP averages the gradients over all
 ranks, so every copy takes the same optimizer step and the copies stay identical. One step thus
 learns from world_size x --batch-size sequences. Every rank runs chapter 4's train_model_simple
-unchanged (chapter 4c's ReshufflingSampler and DDPModel make that possible); only rank 0 prints
-and saves the checkpoint. training/LLM-distributed.ipynb explains each part and how to launch on several GPUs
+unchanged (chapter 4c's ReshufflingSampler and DDPModel make that possible), through chapter 4b's
+version with its mixed-precision switch (--bf16, off by default; --bf16 auto for a 124M-sized
+run: bfloat16 products where the hardware has them natively); only rank 0 prints and saves the
+checkpoint. training/LLM-distributed.ipynb explains each part and how to launch on several GPUs
 or machines.
 """
 import argparse
@@ -26,7 +28,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this course's helpers.py
 from helpers import (DATA_DIR, GPT_SMALL_CONFIG, DDPModel, GPTDatasetV1, GPTModel,  # noqa: E402
                      ReshufflingSampler, display_path, get_data_file, get_device,
-                     prepare_tiktoken_offline, save_checkpoint, train_model_simple)
+                     prepare_tiktoken_offline, save_checkpoint, train_model_simple, use_bf16)
 
 
 def parse_args(argv=None):
@@ -45,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--n-heads", type=int, default=small["n_heads"])
     p.add_argument("--n-layers", type=int, default=small["n_layers"])
     p.add_argument("--drop-rate", type=float, default=small["drop_rate"])
+    p.add_argument("--bf16", choices=["off", "on", "auto"], default="off",
+                   help="mixed precision (chapter 4b): matrix products in bfloat16 under torch.autocast; "
+                        "auto: only where the device has native bfloat16 (else float32)")
     p.add_argument("--eval-freq", type=int, default=5, help="evaluate every this many steps")
     p.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation")
     p.add_argument("--out", type=Path, default=DATA_DIR / "gpt-small-ddp.pt",
@@ -110,9 +115,14 @@ def train(args, rank, world_size, device):
         text = f.read()
     train_loader, val_loader = make_loaders(text, args.context_length, args.batch_size,
                                             rank, world_size, args.seed)
+    bf16 = {"off": False, "on": True, "auto": "auto"}[args.bf16]  # train_model_simple's switch
     if is_main:
         print(f"{world_size} process(es) on {device.type} x batch {args.batch_size} = "
               f"{world_size * args.batch_size} sequences per step, {len(train_loader)} steps per epoch")
+        if args.bf16 != "off":
+            on = use_bf16(bf16, device)
+            print(f"--bf16 {args.bf16}: matrix products in {'bfloat16' if on else 'float32'}"
+                  + ("" if on else f" (no native bfloat16 on this {device.type})"))
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = GPTModel(cfg).to(device)
@@ -127,7 +137,7 @@ def train(args, rank, world_size, device):
         train_losses, val_losses, _ = train_model_simple(
             model, train_loader, val_loader, optimizer, device, num_epochs=args.epochs,
             eval_freq=args.eval_freq, eval_iter=args.eval_iter, start_context="Every effort moves you",
-            tokenizer=tiktoken.get_encoding("gpt2"),
+            tokenizer=tiktoken.get_encoding("gpt2"), bf16=bf16,
         )
 
     plain_model = getattr(model, "module", model)
