@@ -26,7 +26,7 @@ def make_adamw(params, **kwargs):
         return torch.optim.AdamW(params, **kwargs)
 
 
-# %% training/LLM-performance.ipynb, cell 23
+# %% training/LLM-performance.ipynb, cell 24
 class KVCache:
     """The keys and values one attention layer has computed for the tokens seen so far."""
 
@@ -47,7 +47,7 @@ class KVCache:
         return keys, values
 
 
-# %% training/LLM-performance.ipynb, cell 25
+# %% training/LLM-performance.ipynb, cell 26
 def add_to_class(cls):
     """Decorator: make the function below a method of cls (replacing one of the same name)."""
     def register(method):
@@ -56,7 +56,7 @@ def add_to_class(cls):
     return register
 
 
-# %% training/LLM-performance.ipynb, cell 27
+# %% training/LLM-performance.ipynb, cell 28
 def check_fits(num_tokens, past, context_length, what):
     """Refuse num_tokens new tokens after past cached ones that would not fit the context."""
     if past + num_tokens > context_length:
@@ -97,7 +97,7 @@ def attend_after_cache(self, queries, keys, values, past):
     return self.dropout(torch.softmax(attn_scores / self.head_dim**0.5, dim=-1)) @ values
 
 
-# %% training/LLM-performance.ipynb, cell 29
+# %% training/LLM-performance.ipynb, cell 30
 @add_to_class(TransformerBlock)
 def forward(self, x, kv_cache=None):
     """Chapter 3's block; kv_cache, one layer's KVCache, goes to the attention."""
@@ -125,7 +125,7 @@ def forward(self, in_idx, kv_cache=None):
     return self.out_head(self.final_norm(x))  # (batch_size, seq_len, vocab_size)
 
 
-# %% training/LLM-performance.ipynb, cell 33
+# %% training/LLM-performance.ipynb, cell 35
 class KVCachedModel:
     """A GPTModel behind a KV cache, for generate(): called with the (cropped) context window
     at each step, it feeds the model only the token that is new since the last call, and
@@ -152,7 +152,7 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
     return generate_uncached(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id)
 
 
-# %% training/LLM-performance.ipynb, cell 55
+# %% training/LLM-performance.ipynb, cell 57
 def has_native_bf16(device):
     """Whether device multiplies bfloat16 matrices in hardware (else bfloat16 is emulated, slower
     than float32): CUDA since Ampere; x86 CPUs with AVX-512 BF16 or AMX; nothing else."""
@@ -175,7 +175,7 @@ def use_bf16(bf16, device):
     raise ValueError(f'bf16 must be False, True or "auto" (got {bf16!r}).')
 
 
-# %% training/LLM-performance.ipynb, cell 60
+# %% training/LLM-performance.ipynb, cell 62
 class MixedPrecisionModel(nn.Module):
     """model with its forward pass under torch.autocast in bfloat16: matrix products in bfloat16,
     the weights (and so their gradients and the optimizer's state) in float32, the logits
