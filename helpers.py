@@ -35,13 +35,16 @@ from course.ch5_saving import (GPT2_SIZES, assign_weight, gpt2_config, gpt2_weig
                                load_checkpoint, load_gpt2_params, load_gpt2_safetensors,
                                load_pretrained_gpt2, save_checkpoint)
 # 6a Classification: finetune/LLM-finetune-classification.ipynb -> course/ch6a_classification.py
-from course.ch6a_classification import (BASE_RECIPE, SpamDataset, base_model_path, calc_accuracy_loader,
-                                        calc_loss_batch_classifier, calc_loss_loader_classifier,
-                                        classify, create_balanced_dataset, evaluate_classifier,
-                                        last_real_token_logits, load_base_model, pretrain_base_model,
-                                        random_split, train_classifier_simple)
+from course.ch6a_classification import (BASE_RECIPE, BOOK_FINETUNE, STAND_IN_CONFIG, STAND_IN_FINETUNE,
+                                        CompactTokenizer, SpamDataset, base_model_path,
+                                        calc_accuracy_loader, calc_loss_batch_classifier,
+                                        calc_loss_loader_classifier, classify, create_balanced_dataset,
+                                        evaluate_classifier, last_real_token_logits, load_base_model,
+                                        make_classifier, pretrain_base_model, random_split,
+                                        to_full_vocabulary, train_classifier_simple)
 # 6b Instructions: finetune/LLM-finetune-instructions.ipynb -> course/ch6b_instructions.py
-from course.ch6b_instructions import (InstructionDataset, calc_response_loss, format_input,
-                                      generate_response, instruction_collate_fn)
+from course.ch6b_instructions import (OLLAMA_URL, InstructionDataset, answer_words, calc_response_loss,
+                                      contains_answer, format_input, generate_response, instruction_collate_fn,
+                                      judge_scores, ollama_is_running, query_ollama, score_responses, word_f1)
 # 6c LoRA: finetune/LLM-finetune-lora.ipynb -> course/ch6c_lora.py
 from course.ch6c_lora import LORA_TARGETS, LinearWithLoRA, LoRALayer, add_lora, merge_lora

@@ -12,13 +12,13 @@ from pathlib import Path
 import tiktoken
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from course.ch1_data import END_OF_TEXT_ID, create_dataloader_v1  # chapter 1
-from course.ch4_training import GPT_SMALL_CONFIG, calc_loss_batch, get_device, train_model_simple  # chapter 4
+from course.ch1_data import END_OF_TEXT_ID, GPTDatasetV1  # chapter 1
+from course.ch4_training import GPT_SMALL_CONFIG, get_device, train_model_simple  # chapter 4
 from course.ch4b_performance import GPTModel  # chapter 3's model, with chapter 4b's KV cache
-from course.ch5_saving import gpt2_config, load_checkpoint, load_pretrained_gpt2, save_checkpoint  # chapter 5
-from course.infra import DATA_DIR, DataFileError, get_data_file  # not taught
+from course.ch5_saving import GPT2_SIZES, gpt2_config, load_checkpoint, load_pretrained_gpt2, save_checkpoint  # chapter 5
+from course.infra import DATA_DIR, DataFileError  # not taught
 
 
 # %% finetune/LLM-finetune-classification.ipynb, cell 8
@@ -68,82 +68,158 @@ class SpamDataset(Dataset):
 
 
 # %% finetune/LLM-finetune-classification.ipynb, cell 23
+STAND_IN_CONFIG = {**GPT_SMALL_CONFIG, "drop_rate": 0.0}  # chapter 4's small GPT; no dropout for a short pretraining
+
 BASE_RECIPE = {
-    "texts": ["tinyshakespeare.txt", "the-verdict.txt"],
-    "steps": 120,            # about a minute on a 2-core laptop CPU
-    "batch_size": 4,
-    "max_length": 128,       # full-context windows, so every position embedding gets trained
-    "lr": 2e-3,
+    "steps": 1000,           # batches of pretraining: about 5 passes over the SMS messages
+    "batch_size": 8,
+    "max_length": 64,        # SMS messages are short: a 64-token window holds one to a few of them
+    "lr": 4e-3,
     "weight_decay": 0.1,
-    "val_fraction": 0.1,     # the end of the text, held out to measure the loss on
+    "val_fraction": 0.1,     # the last texts, held out to measure the loss on
     "seed": 123,
 }
 
 
 # %% finetune/LLM-finetune-classification.ipynb, cell 25
-def base_model_path(cfg, recipe, models_dir=None):
-    """Cache file of the self-pretrained base. Its name is a hash of the config AND the recipe,
-    so changing either trains a new model instead of silently loading a stale one."""
-    spec = json.dumps({"config": cfg, "recipe": recipe}, sort_keys=True)
+def base_model_path(cfg, recipe, texts, models_dir=None):
+    """Cache file of the stand-in base. Its name is a hash of the config, the recipe AND the
+    pretraining texts, so changing any of them trains a new model instead of loading a stale one."""
+    corpus = hashlib.sha256("\n<|endoftext|>\n".join(texts).encode("utf-8")).hexdigest()
+    spec = json.dumps({"config": cfg, "recipe": recipe, "corpus": corpus}, sort_keys=True)
     key = hashlib.sha256(spec.encode("utf-8")).hexdigest()[:16]
     models_dir = Path(models_dir) if models_dir is not None else DATA_DIR
     return models_dir / f"base-gpt-{key}.pth"
 
 
 # %% finetune/LLM-finetune-classification.ipynb, cell 28
-def pretrain_base_model(cfg, recipe):
-    """Pretrain a GPTModel(cfg) from scratch with chapter 4's train_model_simple for
-    recipe["steps"] batches of the course's text files (seeded, so a rerun gives the same
-    model). Returns the model on the CPU, in eval mode."""
-    text = "<|endoftext|>".join(
-        get_data_file(name).read_text(encoding="utf-8") for name in recipe["texts"]
-    )
-    split = int((1 - recipe["val_fraction"]) * len(text))
+class CompactTokenizer:
+    """GPT-2's tokenizer with its ids renumbered 0, 1, ... over the tokens of `vocab` only
+    (the tokens a corpus uses), so that a model trained on it needs len(vocab) output rows."""
+
+    def __init__(self, tokenizer, vocab):
+        self.tokenizer = tokenizer
+        self.vocab = list(vocab)  # compact id -> GPT-2 id
+        self.compact_ids = {token_id: i for i, token_id in enumerate(self.vocab)}  # GPT-2 id -> compact id
+
+    def encode(self, text, **kwargs):
+        token_ids = self.tokenizer.encode(text, **kwargs)
+        unknown = [token_id for token_id in token_ids if token_id not in self.compact_ids]
+        if unknown:
+            raise ValueError(f"{self.tokenizer.decode(unknown[:5])!r}: token(s) outside the compact "
+                             f"vocabulary of {len(self.vocab)} tokens; encode text from the corpus.")
+        return [self.compact_ids[token_id] for token_id in token_ids]
+
+    def decode(self, compact_ids):
+        return self.tokenizer.decode([self.vocab[i] for i in compact_ids])
+
+
+def to_full_vocabulary(compact_model, vocab, cfg):
+    """A GPTModel(cfg), with GPT-2's full vocabulary, holding compact_model's weights: each token of
+    `vocab` gets its trained embedding and output row; the tokens the corpus never used keep the
+    fresh random embedding of GPTModel(cfg) and an output row of zeros."""
+    model = GPTModel(cfg)
+    rows = torch.tensor(vocab)
+    state = model.state_dict()
+    for name, tensor in compact_model.state_dict().items():
+        if name in ("tok_emb.weight", "out_head.weight"):
+            if name == "out_head.weight":
+                state[name].zero_()
+            state[name][rows] = tensor
+        else:
+            state[name] = tensor
+    model.load_state_dict(state)
+    return model
+
+
+# %% finetune/LLM-finetune-classification.ipynb, cell 32
+def pretrain_base_model(cfg, recipe, texts):
+    """Pretrain a GPTModel(cfg) from scratch on `texts` (a list of strings) with chapter 4's
+    train_model_simple for recipe["steps"] batches, on a compact vocabulary (only the tokens the
+    texts use), then return it with GPT-2's full vocabulary, on the CPU, in eval mode. Seeded:
+    the same recipe and texts give the same model."""
+    gpt2_tokenizer = tiktoken.get_encoding("gpt2")
+    everything = "<|endoftext|>".join(texts)
+    vocab = sorted(set(gpt2_tokenizer.encode(everything, allowed_special={"<|endoftext|>"})))
+    tokenizer = CompactTokenizer(gpt2_tokenizer, vocab)
+    num_val = max(1, int(recipe["val_fraction"] * len(texts)))
+    train_text, val_text = ("<|endoftext|>".join(part) for part in (texts[:-num_val], texts[-num_val:]))
     torch.manual_seed(recipe["seed"])
     device = get_device()
-    model = GPTModel(cfg).to(device)  # the first draws of the seed: a fresh GPTModel(cfg) after manual_seed
-    windows = dict(batch_size=recipe["batch_size"], max_length=recipe["max_length"], stride=recipe["max_length"])
-    train_loader = create_dataloader_v1(text[:split], shuffle=True, drop_last=True, **windows)
-    val_loader = create_dataloader_v1(text[split:], shuffle=False, drop_last=False, **windows)
-    batches = list(itertools.islice(itertools.cycle(train_loader), recipe["steps"]))  # steps batches
+    model = GPTModel({**cfg, "vocab_size": len(vocab)}).to(device)
+    windows = dict(tokenizer=tokenizer, max_length=recipe["max_length"], stride=recipe["max_length"])
+    train_loader = DataLoader(GPTDatasetV1(train_text, **windows), batch_size=recipe["batch_size"],
+                              shuffle=True, drop_last=True)
+    val_loader = DataLoader(GPTDatasetV1(val_text, **windows), batch_size=recipe["batch_size"])
+    passes = itertools.chain.from_iterable(itertools.repeat(train_loader))  # a new shuffle each pass
+    batches = list(itertools.islice(passes, recipe["steps"]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     train_model_simple(model, batches, val_loader, optimizer, device, num_epochs=1,
                        eval_freq=max(1, recipe["steps"] // 4), eval_iter=2,
-                       start_context="Every effort moves you", tokenizer=tiktoken.get_encoding("gpt2"))
-    return model.to("cpu").eval()
+                       start_context=" ".join(texts[0].split()[:4]), tokenizer=tokenizer)
+    return to_full_vocabulary(model.to("cpu"), vocab, cfg).eval()
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 30
-def load_base_model(cfg=GPT_SMALL_CONFIG, recipe=BASE_RECIPE, models_dir=None, use_gpt2=True):
-    """The best base model available, as (model, config, description).
+# %% finetune/LLM-finetune-classification.ipynb, cell 34
+def load_base_model(name="gpt2", cfg=STAND_IN_CONFIG, recipe=BASE_RECIPE, texts=None, models_dir=None):
+    """The base model to finetune, as (model, config, description).
 
-    OpenAI's GPT-2 124M when its weights can be loaded (and use_gpt2 is True); otherwise the
-    course's own small GPT: pretrained once with `recipe`, cached in data/, loaded from there
-    on every later run.
+    OpenAI's GPT-2 `name` ("gpt2", "gpt2-medium", "gpt2-large" or "gpt2-xl"), found in data/, the
+    mirror folder or the Hugging Face cache, else downloaded, and hash-checked (chapter 5). When its
+    weights cannot be had (or name is None), the course's stand-in: a GPTModel(cfg) pretrained on
+    `texts` with `recipe` once, cached in data/ and loaded from there on every later run; a line
+    says so, and why.
     """
-    if use_gpt2:
+    if name is not None:
         try:
-            model = load_pretrained_gpt2("gpt2")
-            return model, gpt2_config("gpt2"), "OpenAI GPT-2 124M (pretrained weights)"
-        except DataFileError:
-            pass
-    path = base_model_path(cfg, recipe, models_dir)
+            return load_pretrained_gpt2(name), gpt2_config(name), f"OpenAI's GPT-2 {GPT2_SIZES[name]}"
+        except DataFileError as error:
+            reason = str(error).splitlines()[0].rstrip(".")
+            print(f"No GPT-2 {name!r} weights ({reason}): the base is the course's stand-in "
+                  f"instead, and every result below comes from it.")
+    if not texts:
+        raise ValueError("The stand-in needs texts to pretrain on: pass texts=[...] (strings).")
+    path = base_model_path(cfg, recipe, texts, models_dir)
     if path.is_file():
         model = GPTModel(cfg)
         load_checkpoint(path, model)
-        how = "loaded from the cache"
     else:
-        model = pretrain_base_model(cfg, recipe)
+        model = pretrain_base_model(cfg, recipe, texts)
         save_checkpoint(path, model, config=cfg, recipe=recipe)
-        how = "pretrained now, then cached"
     num_params = sum(p.numel() for p in model.parameters())
-    description = (f"self-pretrained GPT ({cfg['n_layers']} layers, {cfg['emb_dim']}-dim, "
-                   f"{num_params / 1e6:.1f}M parameters; {recipe['steps']} steps on "
-                   f"{' + '.join(recipe['texts'])}), {how}")
+    description = (f"the stand-in, a GPT of {cfg['n_layers']} layers of width {cfg['emb_dim']} "
+                   f"({num_params / 1e6:.1f}M parameters) pretrained for {recipe['steps']} steps "
+                   f"on {len(texts):,} texts")
     return model.eval(), cfg, description
 
 
 # %% finetune/LLM-finetune-classification.ipynb, cell 42
+BOOK_FINETUNE = {"trainable_blocks": 1, "train_embeddings": False, "lr": 5e-5, "weight_decay": 0.1,
+                 "num_epochs": 5}  # GPT-2: Raschka's chapter 6
+STAND_IN_FINETUNE = {"trainable_blocks": STAND_IN_CONFIG["n_layers"], "train_embeddings": True,
+                     "lr": 3e-4, "weight_decay": 0.1, "num_epochs": 2}  # the stand-in: all of it
+
+
+def make_classifier(model, num_classes=2, trainable_blocks=1, train_embeddings=False):
+    """Turn a GPTModel into a classifier, in place: a new num_classes-way output head, and only the
+    top `trainable_blocks` transformer blocks, the final LayerNorm and the head trainable (and the
+    token and position embeddings if train_embeddings)."""
+    num_blocks = len(model.trf_blocks)
+    if not 0 <= trainable_blocks <= num_blocks:
+        raise ValueError(f"trainable_blocks={trainable_blocks}, but the model has {num_blocks} blocks.")
+    for param in model.parameters():
+        param.requires_grad = False  # freeze everything ...
+    model.out_head = nn.Linear(model.out_head.in_features, num_classes)  # ... add a new head ...
+    trainable = [*model.trf_blocks[num_blocks - trainable_blocks:], model.final_norm, model.out_head]
+    if train_embeddings:
+        trainable += [model.tok_emb, model.pos_emb]
+    for module in trainable:
+        for param in module.parameters():
+            param.requires_grad = True  # ... and unfreeze the top of the model
+    return model
+
+
+# %% finetune/LLM-finetune-classification.ipynb, cell 47
 def last_real_token_logits(model, input_ids, pad_token_id=END_OF_TEXT_ID):
     """The model's outputs at each row's last REAL token, (batch, num_classes).
 
@@ -158,7 +234,7 @@ def last_real_token_logits(model, input_ids, pad_token_id=END_OF_TEXT_ID):
     return logits[torch.arange(input_ids.shape[0], device=input_ids.device), num_real - 1]
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 45
+# %% finetune/LLM-finetune-classification.ipynb, cell 50
 def calc_loss_batch_classifier(input_batch, target_batch, model, device):
     logits = last_real_token_logits(model, input_batch.to(device))  # (batch, 2)
     return nn.functional.cross_entropy(logits, target_batch.to(device))
@@ -187,7 +263,7 @@ def calc_accuracy_loader(data_loader, model, device, num_batches=None):
     return correct / seen
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 50
+# %% finetune/LLM-finetune-classification.ipynb, cell 55
 def evaluate_classifier(model, train_loader, val_loader, device, eval_iter):
     model.eval()
     with torch.no_grad():
@@ -221,7 +297,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device,
     return train_losses, val_losses, train_accs, val_accs
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 60
+# %% finetune/LLM-finetune-classification.ipynb, cell 69
 def classify(text, model, tokenizer, device, max_length=None, pad_token_id=END_OF_TEXT_ID):
     """'spam' or 'not spam' for one message, read at its last real token. Messages longer than
     max_length (default: the model's context length) are truncated to their first tokens."""

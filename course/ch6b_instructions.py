@@ -3,6 +3,11 @@
 
 
 # %% finetune/LLM-finetune-instructions.ipynb, cell 4
+import json
+import re
+import urllib.request
+from collections import Counter
+
 import torch
 from torch.utils.data import Dataset
 
@@ -77,7 +82,7 @@ def instruction_collate_fn(batch, pad_token_id=END_OF_TEXT_ID, ignore_index=-100
     return torch.stack(inputs_lst), torch.stack(targets_lst)
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 28
+# %% finetune/LLM-finetune-instructions.ipynb, cell 29
 def calc_response_loss(data_loader, model, device):
     """Mean cross-entropy per kept target token (sum over all of them, then divide by their number)."""
     was_training = model.training
@@ -94,7 +99,7 @@ def calc_response_loss(data_loader, model, device):
     return total_loss / num_targets
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 31
+# %% finetune/LLM-finetune-instructions.ipynb, cell 32
 def generate_response(entry, model, tokenizer, device, max_new_tokens=30):
     """The model's greedy response to one entry, without the prompt and the end-of-text."""
     prompt_ids = torch.tensor([tokenizer.encode(format_input(entry))], device=device)
@@ -104,3 +109,86 @@ def generate_response(entry, model, tokenizer, device, max_new_tokens=30):
     if response_ids and response_ids[-1] == END_OF_TEXT_ID:
         response_ids = response_ids[:-1]  # the end-of-text is a stop signal, not text
     return tokenizer.decode(response_ids).strip()
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 34
+def answer_words(text):
+    """The words of a text, lower-cased, punctuation dropped: "Jane Austen." -> ['jane', 'austen']."""
+    return re.findall(r"\w+", text.lower())
+
+
+def contains_answer(response, reference):
+    """Do the reference's words appear in the response, in order and next to each other?"""
+    answer, words = answer_words(reference), answer_words(response)
+    if not answer:
+        raise ValueError(f"The reference {reference!r} has no words to look for.")
+    return any(words[i:i + len(answer)] == answer for i in range(len(words) - len(answer) + 1))
+
+
+def word_f1(response, reference):
+    """The F1 of SQuAD: the words response and reference share (as bags of words), as the harmonic
+    mean of precision (share of the response's words) and recall (share of the reference's)."""
+    response_words, reference_words = Counter(answer_words(response)), Counter(answer_words(reference))
+    shared = sum((response_words & reference_words).values())
+    if shared == 0:
+        return 0.0
+    precision, recall = shared / sum(response_words.values()), shared / sum(reference_words.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def score_responses(entries, responses, max_answer_words=3):
+    """A score that needs no judge: on the short-answer items (references of at most
+    max_answer_words words), how many responses contain the reference; on all items, the mean
+    word F1 of response and reference."""
+    if len(entries) != len(responses) or not entries:
+        raise ValueError(f"Got {len(entries)} entries and {len(responses)} responses: one response per entry.")
+    short = [(entry, response) for entry, response in zip(entries, responses)
+             if len(answer_words(entry["output"])) <= max_answer_words]
+    return {
+        "short_answer_hits": sum(contains_answer(response, entry["output"]) for entry, response in short),
+        "short_answer_items": len(short),
+        "mean_word_f1": sum(word_f1(r, e["output"]) for e, r in zip(entries, responses)) / len(entries),
+    }
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 55
+OLLAMA_URL = "http://127.0.0.1:11434"  # where a local Ollama server listens
+
+
+def ollama_is_running(url=OLLAMA_URL, timeout=1.0):
+    """True when an Ollama server answers at url (within timeout seconds)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def query_ollama(prompt, model="llama3", url=OLLAMA_URL, timeout=120):
+    """The reply of Ollama's `model` to one prompt, deterministic (seed 123, temperature 0)."""
+    data = {"model": model, "messages": [{"role": "user", "content": prompt}],
+            "options": {"seed": 123, "temperature": 0, "num_ctx": 2048}}
+    request = urllib.request.Request(f"{url}/api/chat", data=json.dumps(data).encode("utf-8"),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    reply = ""
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        for line in response:  # Ollama streams its reply as one JSON object per line
+            if line.strip():
+                reply += json.loads(line)["message"]["content"]
+    return reply
+
+
+def judge_scores(entries, responses, model="llama3", url=OLLAMA_URL):
+    """Scores from 0 to 100 that Ollama's `model` gives each response, with the prompt of
+    Raschka's chapter 7; a reply without a number is left out (and counted in the second value)."""
+    scores, unreadable = [], 0
+    for entry, response in zip(entries, responses):
+        prompt = (f"Given the input `{format_input(entry)}` and correct output `{entry['output']}`, "
+                  f"score the model response `{response}` on a scale from 0 to 100, where 100 is "
+                  f"the best score. Respond with the integer number only.")
+        number = re.search(r"\d+", query_ollama(prompt, model, url))
+        if number is None:
+            unreadable += 1
+        else:
+            scores.append(min(100, int(number.group())))
+    return scores, unreadable

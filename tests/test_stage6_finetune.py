@@ -1,5 +1,8 @@
-"""Stage 6: the finetuning building blocks, checked on tiny models and hand-written batches."""
+"""Stage 6: the finetuning building blocks, checked on tiny models and hand-written batches, and
+the GPT-2 path end to end on random weights of GPT-2's shapes."""
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import tiktoken
@@ -7,10 +10,13 @@ import torch
 import torch.nn as nn
 
 import course.ch6a_classification as ch6a  # where load_base_model looks GPT-2 up
-import helpers
-from helpers import (DataFileError, GPTModel, InstructionDataset, SpamDataset, base_model_path,
-                     classify, format_input, instruction_collate_fn, last_real_token_logits,
-                     load_base_model)
+import course.infra
+from helpers import (BOOK_FINETUNE, CompactTokenizer, DataFileError, GPTModel, InstructionDataset,
+                     SpamDataset, base_model_path, classify, contains_answer, format_input,
+                     gpt2_config, instruction_collate_fn, judge_scores, last_real_token_logits,
+                     load_base_model, load_checkpoint, make_classifier, ollama_is_running,
+                     save_checkpoint, score_responses, to_full_vocabulary, train_classifier_simple,
+                     word_f1)
 
 E = 50256  # GPT-2's <|endoftext|>, the padding id
 I = -100   # cross_entropy's default ignore_index
@@ -172,48 +178,242 @@ def test_classify_truncates_a_message_longer_than_the_context(tokenizer):
         classify(text, model, tokenizer, "cpu", max_length=TINY["context_length"] + 1)
 
 
-# --- the base model and its cache ----------------------------------------------------------------
+# --- the stand-in base and its cache -------------------------------------------------------------
 
-TINY_RECIPE = {"texts": ["the-verdict.txt"], "steps": 2, "batch_size": 2, "max_length": 16,
-               "lr": 1e-3, "weight_decay": 0.1, "val_fraction": 0.1, "seed": 123}
+TINY_RECIPE = {"steps": 2, "batch_size": 2, "max_length": 8, "lr": 1e-3, "weight_decay": 0.1,
+               "val_fraction": 0.25, "seed": 123}
+TEXTS = ["Hello there, how are you? I am fine, thanks for asking.",
+         "Call me now to win a prize! Text WIN to 8008 now.",
+         "See you at dinner tonight, don't be late ok?",
+         "Ok lar... Joking wif u oni... see you soon."] * 2
 
 
-def test_cache_name_follows_config_and_recipe(tmp_path):
-    name = base_model_path(TINY, TINY_RECIPE, tmp_path)
+def test_cache_name_follows_config_recipe_and_texts(tmp_path):
+    name = base_model_path(TINY, TINY_RECIPE, TEXTS, tmp_path)
     assert name.parent == tmp_path
-    assert base_model_path(dict(reversed(list(TINY.items()))), TINY_RECIPE, tmp_path) == name  # key order
-    assert base_model_path({**TINY, "n_layers": 3}, TINY_RECIPE, tmp_path) != name
-    assert base_model_path({**TINY, "context_length": 32}, TINY_RECIPE, tmp_path) != name
-    assert base_model_path(TINY, {**TINY_RECIPE, "steps": 3}, tmp_path) != name
-    assert base_model_path(TINY, {**TINY_RECIPE, "texts": ["tinyshakespeare.txt"]}, tmp_path) != name
+    assert base_model_path(dict(reversed(list(TINY.items()))), TINY_RECIPE, TEXTS, tmp_path) == name  # key order
+    assert base_model_path({**TINY, "n_layers": 3}, TINY_RECIPE, TEXTS, tmp_path) != name
+    assert base_model_path({**TINY, "context_length": 32}, TINY_RECIPE, TEXTS, tmp_path) != name
+    assert base_model_path(TINY, {**TINY_RECIPE, "steps": 3}, TEXTS, tmp_path) != name
+    assert base_model_path(TINY, TINY_RECIPE, TEXTS[:-1], tmp_path) != name
+    assert base_model_path(TINY, TINY_RECIPE, ["x" + TEXTS[0]] + TEXTS[1:], tmp_path) != name
+
+
+def test_compact_tokenizer_round_trips_and_refuses_unknown_tokens(tokenizer):
+    text = "<|endoftext|>".join(TEXTS)
+    vocab = sorted(set(tokenizer.encode(text, allowed_special={"<|endoftext|>"})))
+    compact = CompactTokenizer(tokenizer, vocab)
+    ids = compact.encode(TEXTS[1])
+    assert sorted(set(ids)) == sorted(set(ids) & set(range(len(vocab))))  # ids 0..len(vocab)-1
+    assert [vocab[i] for i in ids] == tokenizer.encode(TEXTS[1])
+    assert compact.decode(ids) == TEXTS[1]
+    with pytest.raises(ValueError, match="compact vocabulary"):
+        compact.encode("Photosynthesis")
+
+
+def test_full_vocabulary_model_computes_what_the_compact_model_did(tokenizer):
+    """The expanded model, fed GPT-2 ids, gives the compact model's scores at the corpus tokens, and
+    zero scores at every other token."""
+    vocab = sorted(set(tokenizer.encode("<|endoftext|>".join(TEXTS), allowed_special={"<|endoftext|>"})))
+    torch.manual_seed(0)
+    compact_model = GPTModel({**TINY, "vocab_size": len(vocab)}).eval()
+    full = to_full_vocabulary(compact_model, vocab, TINY).eval()
+    gpt2_ids = tokenizer.encode(TEXTS[0])
+    compact_ids = CompactTokenizer(tokenizer, vocab).encode(TEXTS[0])
+    with torch.no_grad():
+        expected = compact_model(torch.tensor([compact_ids]))
+        logits = full(torch.tensor([gpt2_ids]))
+    assert logits.shape[-1] == 50257
+    assert torch.allclose(logits[..., vocab], expected, atol=1e-5)
+    others = torch.ones(50257, dtype=torch.bool)
+    others[vocab] = False
+    assert torch.equal(logits[..., others], torch.zeros_like(logits[..., others]))
 
 
 def no_gpt2(*args, **kwargs):
-    raise DataFileError("GPT-2 weights not available (test)")
+    raise DataFileError("Course file 'gpt2/gpt2/model.safetensors' was not found (test).")
 
 
-def test_self_pretrained_base_is_cached_and_reloaded(tmp_path, monkeypatch):
+def test_stand_in_is_cached_and_reloaded(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ch6a, "load_pretrained_gpt2", no_gpt2)
-    model, cfg, description = load_base_model(TINY, TINY_RECIPE, models_dir=tmp_path)
-    assert cfg == TINY and "pretrained now" in description and not model.training
-    assert [p.name for p in tmp_path.iterdir()] == [base_model_path(TINY, TINY_RECIPE, tmp_path).name]
-    again, _, description = load_base_model(TINY, TINY_RECIPE, models_dir=tmp_path)
-    assert "loaded from the cache" in description
+    model, cfg, description = load_base_model("gpt2", TINY, TINY_RECIPE, TEXTS, models_dir=tmp_path)
+    assert cfg == TINY and "stand-in" in description and not model.training
+    assert [p.name for p in tmp_path.iterdir()] == [base_model_path(TINY, TINY_RECIPE, TEXTS, tmp_path).name]
+    again, _, _ = load_base_model(None, TINY, TINY_RECIPE, TEXTS, models_dir=tmp_path)
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
     torch.manual_seed(TINY_RECIPE["seed"])  # the weights pretraining started from
-    fresh = GPTModel(TINY)  # pretraining really changed the weights
-    assert not torch.equal(fresh.out_head.weight, model.out_head.weight)
+    fresh = GPTModel({**TINY, "vocab_size": model.out_head.weight.ne(0).any(dim=1).sum().item()})
+    assert not torch.equal(fresh.trf_blocks[0].att.W_query.weight, model.trf_blocks[0].att.W_query.weight)
     # another config is another cache file: the old one is not used for it
-    _, _, description = load_base_model({**TINY, "n_layers": 1}, TINY_RECIPE, models_dir=tmp_path)
-    assert "pretrained now" in description and len(list(tmp_path.iterdir())) == 2
+    load_base_model(None, {**TINY, "n_layers": 1}, TINY_RECIPE, TEXTS, models_dir=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2
+    with pytest.raises(ValueError, match="texts"):
+        load_base_model(None, TINY, TINY_RECIPE, None, models_dir=tmp_path)
 
 
-def test_gpt2_is_preferred_when_its_weights_load(tmp_path, monkeypatch):
-    stand_in = GPTModel(TINY).eval()
-    monkeypatch.setattr(ch6a, "load_pretrained_gpt2", lambda *args, **kwargs: stand_in)
-    model, cfg, description = load_base_model(TINY, TINY_RECIPE, models_dir=tmp_path)
-    assert model is stand_in and "GPT-2 124M" in description and cfg["context_length"] == 1024
-    assert list(tmp_path.iterdir()) == []  # nothing pretrained
-    _, _, description = load_base_model(TINY, TINY_RECIPE, models_dir=tmp_path, use_gpt2=False)
-    assert "self-pretrained" in description
+def fallback_lines(output):
+    return [line for line in output.splitlines() if line.startswith("No GPT-2")]
+
+
+def test_the_fallback_line_appears_exactly_when_no_gpt2_weights_can_be_had(tmp_path, monkeypatch, capsys):
+    """The real lookup (data/, an empty mirror, the Hugging Face cache, a download that fails)."""
+    def offline(entry):
+        raise OSError("no network (test)")
+    monkeypatch.setenv("LLM_DATA_MIRROR", str(tmp_path / "empty-mirror"))
+    monkeypatch.setattr(course.infra, "_from_hugging_face", offline)
+    if (course.infra.DATA_DIR / "gpt2" / "gpt2" / "model.safetensors").exists():
+        pytest.skip("GPT-2's weights are in data/: there is no fallback to see")
+    model, cfg, description = load_base_model("gpt2", TINY, TINY_RECIPE, TEXTS, models_dir=tmp_path)
+    lines = fallback_lines(capsys.readouterr().out)
+    assert len(lines) == 1 and "'gpt2'" in lines[0] and "stand-in" in lines[0] and "below" in lines[0]
+    assert "no network (test)" in lines[0]  # and why
+    assert cfg == TINY and "stand-in" in description
+    load_base_model(None, TINY, TINY_RECIPE, TEXTS, models_dir=tmp_path)  # asked for the stand-in: no line
+    assert fallback_lines(capsys.readouterr().out) == []
+
+
+def test_make_classifier_checks_the_number_of_blocks():
+    with pytest.raises(ValueError, match="trainable_blocks=3"):
+        make_classifier(GPTModel(TINY), trainable_blocks=3)
+
+
+# --- the GPT-2 path, end to end, on random weights of GPT-2's shapes ------------------------------
+
+@pytest.fixture(scope="module")
+def gpt2_shaped_weights(tmp_path_factory):
+    """A model.safetensors with Hugging Face GPT-2 124M's names and shapes, random values, and the
+    Hugging Face model that holds them (an independent implementation to compare with)."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()  # GPT-2 124M's shapes
+    state = {name: tensor.contiguous() for name, tensor in hf_model.state_dict().items()
+             if name != "lm_head.weight"}  # tied to wte, stored once, as OpenAI's file does
+    mirror = tmp_path_factory.mktemp("mirror")
+    (mirror / "gpt2" / "gpt2").mkdir(parents=True)
+    save_file(state, mirror / "gpt2" / "gpt2" / "model.safetensors")
+    return mirror, hf_model
+
+
+@pytest.mark.slow  # a 124M model: a 500 MB file, two training steps
+def test_gpt2_path_end_to_end(gpt2_shaped_weights, tmp_path, monkeypatch, capsys, tokenizer):
+    mirror, hf_model = gpt2_shaped_weights
+    if (course.infra.DATA_DIR / "gpt2" / "gpt2" / "model.safetensors").exists():
+        pytest.skip("real GPT-2 weights in data/ would be found first")
+    monkeypatch.setenv("LLM_DATA_MIRROR", str(mirror))
+    monkeypatch.setattr(course.infra, "_verified", lambda path, *args: path)  # random weights: no hash check
+    # the default setting picks them up, and they compute what Hugging Face's GPT-2 computes
+    model, cfg, description = load_base_model(texts=TEXTS, models_dir=tmp_path)
+    assert cfg == gpt2_config("gpt2") and "GPT-2" in description and "124M" in description
+    assert fallback_lines(capsys.readouterr().out) == [] and list(tmp_path.iterdir()) == []
+    ids = torch.tensor([tokenizer.encode("Win a free prize, call now")])
+    with torch.no_grad():
+        assert torch.allclose(model(ids), hf_model(ids).logits, atol=1e-4)
+    # the book's layers are the only trainable ones
+    torch.manual_seed(123)
+    make_classifier(model, trainable_blocks=BOOK_FINETUNE["trainable_blocks"],
+                    train_embeddings=BOOK_FINETUNE["train_embeddings"])
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    expected = {name for name, _ in model.named_parameters()
+                if name.startswith(("trf_blocks.11.", "final_norm.", "out_head."))}
+    assert trainable == expected and any(n.startswith("trf_blocks.11.att.") for n in trainable)
+    # two training steps run, and change the trainable weights only
+    texts = ["Win a free prize, call now", "See you at lunch?", "URGENT: claim your cash", "ok thanks"]
+    dataset = SpamDataset(texts, [1, 0, 1, 0], tokenizer, max_length=12)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=BOOK_FINETUNE["lr"], weight_decay=BOOK_FINETUNE["weight_decay"])
+    train_classifier_simple(model, loader, loader, optimizer, "cpu", num_epochs=1, eval_freq=1, eval_iter=1)
+    assert "step 0001" in capsys.readouterr().out  # two steps: 0000 and 0001
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and changed <= expected and "trf_blocks.11.ff.layers.0.weight" in changed
+    # the saved classifier loads back and gives the same predictions
+    path = tmp_path / "classifier.pth"
+    save_checkpoint(path, model, config=cfg)
+    reloaded = GPTModel(gpt2_config("gpt2"))
+    reloaded.out_head = nn.Linear(cfg["emb_dim"], 2)
+    load_checkpoint(path, reloaded)
+    model.eval(), reloaded.eval()
+    batch = next(iter(loader))[0]
+    with torch.no_grad():
+        assert torch.equal(last_real_token_logits(reloaded, batch), last_real_token_logits(model, batch))
+    assert [classify(t, reloaded, tokenizer, "cpu") for t in texts] == [classify(t, model, tokenizer, "cpu") for t in texts]
+
+
+# --- 6b's score that needs no judge ---------------------------------------------------------------
+
+def test_contains_answer_on_hand_made_responses():
+    assert contains_answer("Jane Austen.", "Jane Austen.")                            # right
+    assert not contains_answer("Charles Dickens.", "Jane Austen.")                    # wrong
+    assert not contains_answer("", "Jane Austen.")                                    # empty
+    assert contains_answer("It was written in 1813 by jane austen, a novelist.", "Jane Austen.")  # buried
+    assert not contains_answer("Austen, Jane", "Jane Austen.")                        # words in order
+    assert not contains_answer("Hgx", "Hg.")                                          # whole words
+    with pytest.raises(ValueError, match="no words"):
+        contains_answer("anything", "...")
+
+
+def test_word_f1_on_hand_computed_values():
+    assert word_f1("Jane Austen.", "Jane Austen") == 1.0
+    assert word_f1("", "Jane Austen") == 0.0
+    assert word_f1("Charles Dickens", "Jane Austen") == 0.0
+    # shared: {the, sky, blue} = 3; precision 3/4, recall 3/3 -> F1 = 2 * 0.75 * 1 / 1.75
+    assert word_f1("The sky is blue", "the blue sky") == pytest.approx(2 * 0.75 / 1.75)
+
+
+def test_score_responses_counts_the_short_answer_items():
+    entries = [{"output": "Jane Austen."}, {"output": "Hg."}, {"output": "The capital of France is Paris."}]
+    score = score_responses(entries, ["The author is Jane Austen.", "", "Paris is the capital of France."])
+    assert score["short_answer_items"] == 2 and score["short_answer_hits"] == 1
+    expected_f1 = (2 * (2 / 5) * 1 / (2 / 5 + 1) + 0.0 + 1.0) / 3
+    assert score["mean_word_f1"] == pytest.approx(expected_f1)
+    with pytest.raises(ValueError, match="one response per entry"):
+        score_responses(entries, ["only one"])
+
+
+# --- 6b's LLM judge, against a fake Ollama server on 127.0.0.1 ------------------------------------
+
+class FakeOllama(BaseHTTPRequestHandler):
+    requests = []
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"Ollama is running")
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeOllama.requests.append((self.path, body))
+        prompt = body["messages"][0]["content"]
+        reply = ["8", "5"] if "Jane Austen" in prompt.split("score the model response")[1] else ["no idea"]
+        self.send_response(200)
+        self.end_headers()
+        for part in reply:  # streamed, one JSON object per line, as Ollama does
+            self.wfile.write(json.dumps({"message": {"content": part}}).encode() + b"\n")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_judge_scores_with_a_fake_ollama_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOllama)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert ollama_is_running(url, timeout=2)
+        entry = {"instruction": "Name the author of 'Pride and Prejudice'.", "input": "", "output": "Jane Austen."}
+        scores, unreadable = judge_scores([entry, entry], ["Jane Austen.", "Dickens"], url=url)
+        assert scores == [85] and unreadable == 1
+        path, body = FakeOllama.requests[0]
+        assert path == "/api/chat" and body["model"] == "llama3"
+        assert body["options"] == {"seed": 123, "temperature": 0, "num_ctx": 2048}
+        assert format_input(entry) in body["messages"][0]["content"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert not ollama_is_running(url, timeout=0.5)  # the server is gone: no judge
