@@ -193,7 +193,7 @@ def load_base_model(name="gpt2", cfg=STAND_IN_CONFIG, recipe=BASE_RECIPE, texts=
     return model.eval(), cfg, description
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 42
+# %% finetune/LLM-finetune-classification.ipynb, cell 43
 BOOK_FINETUNE = {"trainable_blocks": 1, "train_embeddings": False, "lr": 5e-5, "weight_decay": 0.1,
                  "num_epochs": 5}  # GPT-2: Raschka's chapter 6
 STAND_IN_FINETUNE = {"trainable_blocks": STAND_IN_CONFIG["n_layers"], "train_embeddings": True,
@@ -219,7 +219,7 @@ def make_classifier(model, num_classes=2, trainable_blocks=1, train_embeddings=F
     return model
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 47
+# %% finetune/LLM-finetune-classification.ipynb, cell 49
 def last_real_token_logits(model, input_ids, pad_token_id=END_OF_TEXT_ID):
     """The model's outputs at each row's last REAL token, (batch, num_classes).
 
@@ -234,7 +234,7 @@ def last_real_token_logits(model, input_ids, pad_token_id=END_OF_TEXT_ID):
     return logits[torch.arange(input_ids.shape[0], device=input_ids.device), num_real - 1]
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 50
+# %% finetune/LLM-finetune-classification.ipynb, cell 52
 def calc_loss_batch_classifier(input_batch, target_batch, model, device):
     logits = last_real_token_logits(model, input_batch.to(device))  # (batch, 2)
     return nn.functional.cross_entropy(logits, target_batch.to(device))
@@ -263,7 +263,7 @@ def calc_accuracy_loader(data_loader, model, device, num_batches=None):
     return correct / seen
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 55
+# %% finetune/LLM-finetune-classification.ipynb, cell 57
 def evaluate_classifier(model, train_loader, val_loader, device, eval_iter):
     model.eval()
     with torch.no_grad():
@@ -297,7 +297,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device,
     return train_losses, val_losses, train_accs, val_accs
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 69
+# %% finetune/LLM-finetune-classification.ipynb, cell 71
 def classify(text, model, tokenizer, device, max_length=None, pad_token_id=END_OF_TEXT_ID):
     """'spam' or 'not spam' for one message, read at its last real token. Messages longer than
     max_length (default: the model's context length) are truncated to their first tokens."""

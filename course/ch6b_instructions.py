@@ -15,7 +15,7 @@ from course.ch1_data import END_OF_TEXT_ID  # chapter 1
 from course.ch4b_performance import generate  # chapter 4's generate(), with chapter 4b's KV cache
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 8
+# %% finetune/LLM-finetune-instructions.ipynb, cell 9
 def format_input(entry):
     """The Alpaca prompt for one entry, ending where the model's response begins."""
     instruction_text = (
@@ -27,7 +27,7 @@ def format_input(entry):
     return instruction_text + input_text + "\n\n### Response:\n"
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 13
+# %% finetune/LLM-finetune-instructions.ipynb, cell 14
 class InstructionDataset(Dataset):
     """Each entry as (token ids of prompt + response, number of prompt tokens)."""
 
@@ -49,7 +49,7 @@ class InstructionDataset(Dataset):
         return len(self.items)
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 18
+# %% finetune/LLM-finetune-instructions.ipynb, cell 20
 def instruction_collate_fn(batch, pad_token_id=END_OF_TEXT_ID, ignore_index=-100,
                            allowed_max_length=None, mask_prompt=True):
     """Pad a batch of (token_ids, prompt_length) to one length and shift it into (inputs, targets).
@@ -82,7 +82,7 @@ def instruction_collate_fn(batch, pad_token_id=END_OF_TEXT_ID, ignore_index=-100
     return torch.stack(inputs_lst), torch.stack(targets_lst)
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 29
+# %% finetune/LLM-finetune-instructions.ipynb, cell 31
 def calc_response_loss(data_loader, model, device):
     """Mean cross-entropy per kept target token (sum over all of them, then divide by their number)."""
     was_training = model.training
@@ -99,7 +99,7 @@ def calc_response_loss(data_loader, model, device):
     return total_loss / num_targets
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 32
+# %% finetune/LLM-finetune-instructions.ipynb, cell 34
 def generate_response(entry, model, tokenizer, device, max_new_tokens=30):
     """The model's greedy response to one entry, without the prompt and the end-of-text."""
     prompt_ids = torch.tensor([tokenizer.encode(format_input(entry))], device=device)
@@ -111,7 +111,7 @@ def generate_response(entry, model, tokenizer, device, max_new_tokens=30):
     return tokenizer.decode(response_ids).strip()
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 34
+# %% finetune/LLM-finetune-instructions.ipynb, cell 36
 def answer_words(text):
     """The words of a text, lower-cased, punctuation dropped: "Jane Austen." -> ['jane', 'austen']."""
     return re.findall(r"\w+", text.lower())
@@ -151,7 +151,7 @@ def score_responses(entries, responses, max_answer_words=3):
     }
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 55
+# %% finetune/LLM-finetune-instructions.ipynb, cell 57
 OLLAMA_URL = "http://127.0.0.1:11434"  # where a local Ollama server listens
 
 

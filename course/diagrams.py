@@ -514,7 +514,8 @@ def instruction_batch():
 
 def frozen_layers():
     fig, ax = _canvas(12, 6.4, "Finetuning a classifier: what is frozen, what trains")
-    items = [("tok_emb + pos_emb", "note", "frozen"), ("TransformerBlock 0 ... n-2", "note", "frozen (GPT-2) / trained (stand-in)"),
+    items = [("tok_emb + pos_emb", "note", "frozen (GPT-2) / trained (stand-in)"),
+             ("TransformerBlock 0 ... n-2", "note", "frozen (GPT-2) / trained (stand-in)"),
              ("last TransformerBlock", "module", "trained"), ("final_norm", "module", "trained"),
              ("new out_head: Linear(emb_dim, 2)", "loss", "new, trained")]
     boxes = [box(ax, 3.6, 5.5 - i * 1.1, text, kind, w=5.6, h=0.75) for i, (text, kind, _) in enumerate(items)]
