@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# %% attention/LLM_attention.ipynb, cell 90
+# %% attention/LLM_attention.ipynb, cell 91
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention: one matmul each for Q, K and V, split into heads.
 
