@@ -15,7 +15,7 @@ from course.ch1_data import END_OF_TEXT_ID, GPTDatasetV1, create_dataloader_v1
 # 1b BPE from scratch (companion): notebooks/LLM-bpe-from-scratch.ipynb -> course/ch1b_tokenizer.py
 from course.ch1b_tokenizer import GPT2Tokenizer, bytes_to_unicode, train_bpe
 # 2 Attention: attention/LLM_attention.ipynb -> course/ch2_attention.py
-from course.ch2_attention import MultiHeadAttention
+from course.ch2_attention import MultiHeadAttention, head_attention_weights
 # 3 Architecture: architecture/LLM-GPT-arch.ipynb -> course/ch3_architecture.py
 from course.ch3_architecture import (GELU, GPT_124M_CONFIG, GPT_FAMILY, FeedForward, GPTModel,
                                      LayerNorm, TransformerBlock, check_config, generate_text_simple)

@@ -8,6 +8,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+# %% attention/LLM_attention.ipynb, cell 74
+def head_attention_weights(mha, x):
+    # The causal attention weights of every head: (b, num_heads, num_tokens, num_tokens).
+    b, num_tokens, _ = x.shape
+    queries = mha.W_query(x).view(b, num_tokens, mha.num_heads, mha.head_dim).transpose(1, 2)
+    keys = mha.W_key(x).view(b, num_tokens, mha.num_heads, mha.head_dim).transpose(1, 2)
+    scores = (queries @ keys.transpose(2, 3)).masked_fill(mha.mask[:num_tokens, :num_tokens], -torch.inf)
+    return torch.softmax(scores / mha.head_dim**0.5, dim=-1)
+
+
 # %% attention/LLM_attention.ipynb, cell 91
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention: one matmul each for Q, K and V, split into heads.
