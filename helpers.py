@@ -43,7 +43,8 @@ from course.ch6a_classification import (BASE_RECIPE, BOOK_FINETUNE, STAND_IN_CON
                                         make_classifier, pretrain_base_model, random_split,
                                         to_full_vocabulary, train_classifier_simple)
 # 6b Instructions: finetune/LLM-finetune-instructions.ipynb -> course/ch6b_instructions.py
-from course.ch6b_instructions import (OLLAMA_URL, InstructionDataset, answer_words, calc_response_loss,
+from course.ch6b_instructions import (OLLAMA_URL, InstructionDataset, answer_words, calc_loss_batch_at_targets,
+                                      calc_response_loss, logits_at_targets,
                                       contains_answer, format_input, generate_response, instruction_collate_fn,
                                       judge_scores, ollama_is_running, query_ollama, score_responses, word_f1)
 # 6c LoRA: finetune/LLM-finetune-lora.ipynb -> course/ch6c_lora.py

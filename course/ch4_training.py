@@ -94,9 +94,10 @@ def generate_and_print_sample(model, tokenizer, device, start_context, max_new_t
 
 # %% training/LLM-training.ipynb, cell 46
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
-                       eval_freq, eval_iter, start_context, tokenizer):
+                       eval_freq, eval_iter, start_context, tokenizer, calc_loss=calc_loss_batch):
     """Train for num_epochs; every eval_freq steps print the train and validation losses,
-    after each epoch print a sample. Returns the losses and the tokens seen at each evaluation."""
+    after each epoch print a sample. Returns the losses and the tokens seen at each evaluation.
+    calc_loss(input_batch, target_batch, model, device) is the loss each step minimizes."""
     if len(train_loader) == 0:
         raise ValueError(
             "The training loader has no batches, so there is nothing to train on. Its text is too "
@@ -110,7 +111,7 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     for epoch in range(num_epochs):
         for input_batch, target_batch in train_loader:
             optimizer.zero_grad()  # gradients accumulate by default: reset them every step
-            loss = calc_loss_batch(input_batch, target_batch, model, device)
+            loss = calc_loss(input_batch, target_batch, model, device)
             loss.backward()  # d loss / d every parameter
             optimizer.step()  # move every parameter a little against its gradient
             tokens_seen += input_batch.numel()

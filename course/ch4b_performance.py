@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from course.ch2_attention import MultiHeadAttention  # chapter 2
 from course.ch3_architecture import GPTModel, TransformerBlock  # chapter 3
 from course.ch4_training import generate as generate_uncached  # chapter 4's generate()
-from course.ch4_training import train_model_simple as train_model_fp32  # chapter 4's loop
+from course.ch4_training import calc_loss_batch, train_model_simple as train_model_fp32  # chapter 4's loss and loop
 
 
 # %% training/LLM-performance.ipynb, cell 10
@@ -193,10 +193,11 @@ class MixedPrecisionModel(nn.Module):
 
 
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
-                       eval_freq, eval_iter, start_context, tokenizer, bf16=False):
+                       eval_freq, eval_iter, start_context, tokenizer, bf16=False,
+                       calc_loss=calc_loss_batch):
     """Chapter 4's loop; with bf16 on (True, or "auto" where the device has native bfloat16)
     every forward pass runs in mixed precision, through MixedPrecisionModel."""
     if use_bf16(bf16, device):
         model = MixedPrecisionModel(model, torch.device(device).type)
     return train_model_fp32(model, train_loader, val_loader, optimizer, device, num_epochs,
-                            eval_freq, eval_iter, start_context, tokenizer)
+                            eval_freq, eval_iter, start_context, tokenizer, calc_loss)

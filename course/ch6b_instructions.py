@@ -9,6 +9,7 @@ import urllib.request
 from collections import Counter
 
 import torch
+import torch.nn as nn
 from torch.utils.data import Dataset
 
 from course.ch1_data import END_OF_TEXT_ID  # chapter 1
@@ -82,7 +83,28 @@ def instruction_collate_fn(batch, pad_token_id=END_OF_TEXT_ID, ignore_index=-100
     return torch.stack(inputs_lst), torch.stack(targets_lst)
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 31
+# %% finetune/LLM-finetune-instructions.ipynb, cell 26
+def logits_at_targets(model, inputs, targets, ignore_index=-100):
+    """The scores at the positions whose target is kept, (num_kept, vocab_size), and those targets,
+    (num_kept,): the output head runs on these positions only."""
+    head = model.out_head
+    model.out_head = nn.Identity()  # for this call, model(inputs) returns the final norm's output
+    try:
+        hidden = model(inputs)  # (batch, num_tokens, emb_dim)
+    finally:
+        model.out_head = head  # always put the head back, even if the forward pass fails
+    keep = targets != ignore_index  # (batch, num_tokens)
+    return head(hidden[keep]), targets[keep]
+
+
+def calc_loss_batch_at_targets(input_batch, target_batch, model, device):
+    """Chapter 4's calc_loss_batch for targets masked with -100: the same loss, without computing
+    the scores that cross_entropy would skip."""
+    logits, targets = logits_at_targets(model, input_batch.to(device), target_batch.to(device))
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 33
 def calc_response_loss(data_loader, model, device):
     """Mean cross-entropy per kept target token (sum over all of them, then divide by their number)."""
     was_training = model.training
@@ -90,16 +112,14 @@ def calc_response_loss(data_loader, model, device):
     total_loss, num_targets = 0.0, 0
     with torch.no_grad():
         for inputs, targets in data_loader:
-            inputs, targets = inputs.to(device), targets.to(device)
-            logits = model(inputs)
-            total_loss += torch.nn.functional.cross_entropy(
-                logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
-            num_targets += (targets != -100).sum().item()
+            logits, kept = logits_at_targets(model, inputs.to(device), targets.to(device))
+            total_loss += torch.nn.functional.cross_entropy(logits, kept, reduction="sum").item()
+            num_targets += len(kept)
     model.train(was_training)
     return total_loss / num_targets
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 34
+# %% finetune/LLM-finetune-instructions.ipynb, cell 36
 def generate_response(entry, model, tokenizer, device, max_new_tokens=30):
     """The model's greedy response to one entry, without the prompt and the end-of-text."""
     prompt_ids = torch.tensor([tokenizer.encode(format_input(entry))], device=device)
@@ -111,7 +131,7 @@ def generate_response(entry, model, tokenizer, device, max_new_tokens=30):
     return tokenizer.decode(response_ids).strip()
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 36
+# %% finetune/LLM-finetune-instructions.ipynb, cell 38
 def answer_words(text):
     """The words of a text, lower-cased, punctuation dropped: "Jane Austen." -> ['jane', 'austen']."""
     return re.findall(r"\w+", text.lower())
@@ -151,7 +171,7 @@ def score_responses(entries, responses, max_answer_words=3):
     }
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 57
+# %% finetune/LLM-finetune-instructions.ipynb, cell 63
 OLLAMA_URL = "http://127.0.0.1:11434"  # where a local Ollama server listens
 
 

@@ -11,10 +11,10 @@ import torch.nn as nn
 
 import course.ch6a_classification as ch6a  # where load_base_model looks GPT-2 up
 import course.infra
-from helpers import (BOOK_FINETUNE, CompactTokenizer, DataFileError, GPTModel, InstructionDataset,
+from helpers import (BOOK_FINETUNE, CompactTokenizer, calc_loss_batch, calc_loss_batch_at_targets, calc_response_loss, DataFileError, GPTModel, InstructionDataset,
                      SpamDataset, base_model_path, classify, contains_answer, format_input,
                      gpt2_config, instruction_collate_fn, judge_scores, last_real_token_logits,
-                     load_base_model, load_checkpoint, make_classifier, ollama_is_running,
+                     load_base_model, load_checkpoint, logits_at_targets, make_classifier, ollama_is_running,
                      save_checkpoint, score_responses, to_full_vocabulary, train_classifier_simple,
                      word_f1)
 
@@ -276,6 +276,52 @@ def test_the_fallback_line_appears_exactly_when_no_gpt2_weights_can_be_had(tmp_p
 def test_make_classifier_checks_the_number_of_blocks():
     with pytest.raises(ValueError, match="trainable_blocks=3"):
         make_classifier(GPTModel(TINY), trainable_blocks=3)
+
+
+# --- 6b's loss at the kept targets only ----------------------------------------------------------
+
+def test_the_loss_at_kept_targets_is_cross_entropy_with_ignore_index():
+    torch.manual_seed(0)
+    model = GPTModel(TINY).train()
+    inputs, targets = instruction_collate_fn(BATCH, mask_prompt=True)
+    # PyTorch's own masking, on the full logits, is the reference: the same loss, the same gradients
+    reference = nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), ignore_index=I)
+    reference.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    loss = calc_loss_batch_at_targets(inputs, targets, model, "cpu")
+    loss.backward()
+    assert torch.allclose(loss, reference, atol=1e-6)
+    assert all(torch.allclose(p.grad, expected[name], atol=1e-6) for name, p in model.named_parameters())
+    assert torch.allclose(loss, calc_loss_batch(inputs, targets, model, "cpu"), atol=1e-6)  # chapter 4's
+
+
+def test_logits_at_targets_scores_only_the_kept_positions_and_restores_the_head():
+    torch.manual_seed(0)
+    model = GPTModel(TINY).eval()
+    head = model.out_head
+    inputs, targets = instruction_collate_fn(BATCH, mask_prompt=True)
+    logits, kept = logits_at_targets(model, inputs, targets)
+    keep = targets != I
+    assert logits.shape == (keep.sum().item(), TINY["vocab_size"]) == (9, 50257)
+    assert torch.equal(kept, targets[keep])
+    with torch.no_grad():
+        assert torch.allclose(logits, model(inputs)[keep], atol=1e-6)
+    assert model.out_head is head
+    with pytest.raises(ValueError):  # a failing forward pass still puts the head back
+        logits_at_targets(model, torch.zeros(1, 99, dtype=torch.long), torch.zeros(1, 99, dtype=torch.long))
+    assert model.out_head is head
+
+
+def test_the_response_loss_is_the_mean_over_kept_targets():
+    torch.manual_seed(0)
+    model = GPTModel(TINY).eval()
+    batches = [instruction_collate_fn(BATCH[:2]), instruction_collate_fn(BATCH[2:])]
+    with torch.no_grad():
+        total = sum(nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum").item()
+                    for x, y in batches)
+    count = sum((y != I).sum().item() for _, y in batches)
+    assert calc_response_loss(batches, model, "cpu") == pytest.approx(total / count, rel=1e-6)
 
 
 # --- the GPT-2 path, end to end, on random weights of GPT-2's shapes ------------------------------

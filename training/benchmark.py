@@ -11,7 +11,7 @@ every variant alike) as median and min-max over the rounds:
    (fused attention, LayerNorm, GELU and AdamW) next to the explicit formulas of the chapters and
    next to the fast path in mixed precision (chapter 4b's MixedPrecisionModel: bfloat16 matrix
    products under torch.autocast), with the bfloat16 / float32 ratio and the losses of both after
-   the same steps on the same batch, from the same initial weights;
+   the same steps on the same batch, from the same initial weights, with the same dropout masks;
 3. the attention variants of chapter 2 (loop of heads, explicit masked softmax, fused
    scaled_dot_product_attention) as time ratios to the fused one;
 4. greedy generation tokens/s of 200 new tokens on the 124M model, with and without the KV cache,
@@ -148,8 +148,11 @@ def model_flops_per_token(model, cfg, seq_len):
 
 
 def training_step(model, optimizer, x, y, losses):
-    """One step on the batch (x, y); its loss (before the update) is appended to losses."""
+    """One step on the batch (x, y); its loss (before the update) is appended to losses. The
+    random generator is seeded by the step's number, so that step k of every variant draws the
+    same dropout masks and their losses differ only by their arithmetic."""
     def step():
+        torch.manual_seed(len(losses))
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         loss.backward()
