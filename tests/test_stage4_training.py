@@ -147,6 +147,25 @@ def test_fixed_seed_gives_identical_weights(capsys):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_the_loop_minimizes_the_loss_it_is_given(capsys):
+    # calc_loss defaults to calc_loss_batch: passing it explicitly trains the very same weights
+    default, _ = train_tiny(seed=7)
+    model = tiny_model(7)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    calls = []
+
+    def recording_loss(input_batch, target_batch, model, device):
+        calls.append(input_batch.shape)
+        return calc_loss_batch(input_batch, target_batch, model, device)
+
+    batches = tiny_batches(3)
+    torch.manual_seed(7)
+    train_model_simple(model, batches, batches[:1], optimizer, CPU, num_epochs=3, eval_freq=1,
+                       eval_iter=3, start_context="1 2 3", tokenizer=Tok(), calc_loss=recording_loss)
+    assert len(calls) == 9  # one call per training step (the evaluations use calc_loss_loader)
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), model.state_dict().values()))
+
+
 def test_evaluate_model_restores_train_mode_and_disables_dropout():
     model = tiny_model(drop_rate=0.5)
     model.train()
