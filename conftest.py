@@ -7,6 +7,15 @@ import os
 from pathlib import Path
 
 import pytest
+
+# A parallel run (`pytest -n 2`, see the README) splits the cores between its workers: each
+# worker, and each notebook kernel it starts (kernels inherit this environment), gets an equal
+# share of threads. Without it every process would start one thread per core and they would
+# fight for the cores. Set before torch is imported, which reads it once.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
 import torch
 
 _mirror = Path(__file__).resolve().parent.parent / "shared" / "data"

@@ -12,11 +12,12 @@ from pathlib import Path
 import tiktoken
 import torch
 import torch.nn as nn
+from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 
 from course.ch1_data import END_OF_TEXT_ID, GPTDatasetV1  # chapter 1
 from course.ch4_training import GPT_SMALL_CONFIG, get_device, train_model_simple  # chapter 4
-from course.ch4b_performance import GPTModel  # chapter 3's model, with chapter 4b's KV cache
+from course.ch4b_performance import GPTModel, make_adamw  # chapter 3's model with 4b's KV cache; 4b's fused AdamW
 from course.ch5_saving import GPT2_SIZES, gpt2_config, load_checkpoint, load_pretrained_gpt2, save_checkpoint  # chapter 5
 from course.infra import DATA_DIR, DataFileError  # not taught
 
@@ -153,7 +154,7 @@ def pretrain_base_model(cfg, recipe, texts):
     val_loader = DataLoader(GPTDatasetV1(val_text, **windows), batch_size=recipe["batch_size"])
     passes = itertools.chain.from_iterable(itertools.repeat(train_loader))  # a new shuffle each pass
     batches = list(itertools.islice(passes, recipe["steps"]))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    optimizer = make_adamw(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     train_model_simple(model, batches, val_loader, optimizer, device, num_epochs=1,
                        eval_freq=max(1, recipe["steps"] // 4), eval_iter=2,
                        start_context=" ".join(texts[0].split()[:4]), tokenizer=tokenizer)
@@ -180,12 +181,14 @@ def load_base_model(name="gpt2", cfg=STAND_IN_CONFIG, recipe=BASE_RECIPE, texts=
     if not texts:
         raise ValueError("The stand-in needs texts to pretrain on: pass texts=[...] (strings).")
     path = base_model_path(cfg, recipe, texts, models_dir)
-    if path.is_file():
-        model = GPTModel(cfg)
-        load_checkpoint(path, model)
-    else:
-        model = pretrain_base_model(cfg, recipe, texts)
-        save_checkpoint(path, model, config=cfg, recipe=recipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(path.name + ".lock")):  # a second process waits, then loads it
+        if path.is_file():
+            model = GPTModel(cfg)
+            load_checkpoint(path, model)
+        else:
+            model = pretrain_base_model(cfg, recipe, texts)
+            save_checkpoint(path, model, config=cfg, recipe=recipe)
     num_params = sum(p.numel() for p in model.parameters())
     description = (f"the stand-in, a GPT of {cfg['n_layers']} layers of width {cfg['emb_dim']} "
                    f"({num_params / 1e6:.1f}M parameters) pretrained for {recipe['steps']} steps "

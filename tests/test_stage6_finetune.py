@@ -238,7 +238,7 @@ def test_stand_in_is_cached_and_reloaded(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ch6a, "load_pretrained_gpt2", no_gpt2)
     model, cfg, description = load_base_model("gpt2", TINY, TINY_RECIPE, TEXTS, models_dir=tmp_path)
     assert cfg == TINY and "stand-in" in description and not model.training
-    assert [p.name for p in tmp_path.iterdir()] == [base_model_path(TINY, TINY_RECIPE, TEXTS, tmp_path).name]
+    assert [p.name for p in tmp_path.glob("*.pth")] == [base_model_path(TINY, TINY_RECIPE, TEXTS, tmp_path).name]
     again, _, _ = load_base_model(None, TINY, TINY_RECIPE, TEXTS, models_dir=tmp_path)
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
@@ -247,9 +247,31 @@ def test_stand_in_is_cached_and_reloaded(tmp_path, monkeypatch, capsys):
     assert not torch.equal(fresh.trf_blocks[0].att.W_query.weight, model.trf_blocks[0].att.W_query.weight)
     # another config is another cache file: the old one is not used for it
     load_base_model(None, {**TINY, "n_layers": 1}, TINY_RECIPE, TEXTS, models_dir=tmp_path)
-    assert len(list(tmp_path.iterdir())) == 2
+    assert len(list(tmp_path.glob("*.pth"))) == 2
     with pytest.raises(ValueError, match="texts"):
         load_base_model(None, TINY, TINY_RECIPE, None, models_dir=tmp_path)
+
+
+def test_a_second_process_waits_for_the_stand_in_and_loads_it(tmp_path, monkeypatch):
+    """While one process holds the cache's lock (pretraining), another asking for the same stand-in
+    waits, then loads the model the first one saved instead of pretraining it again."""
+    from filelock import FileLock
+    path = base_model_path(TINY, TINY_RECIPE, TEXTS, tmp_path)
+    torch.manual_seed(0)
+    first = GPTModel(TINY)  # what the "first process" pretrained
+    results = []
+    monkeypatch.setattr(ch6a, "pretrain_base_model", lambda *args: pytest.fail("pretrained a second time"))
+    with FileLock(path.with_name(path.name + ".lock")):
+        second = threading.Thread(target=lambda: results.append(
+            load_base_model(None, TINY, TINY_RECIPE, TEXTS, models_dir=tmp_path)))
+        second.start()
+        second.join(timeout=0.5)
+        assert second.is_alive() and not results  # waiting for the lock
+        save_checkpoint(path, first, config=TINY, recipe=TINY_RECIPE)
+    second.join(timeout=30)
+    assert not second.is_alive() and len(results) == 1
+    for (name, a), (_, b) in zip(first.state_dict().items(), results[0][0].state_dict().items()):
+        assert torch.equal(a, b), name
 
 
 def fallback_lines(output):
