@@ -42,3 +42,24 @@ def _threads_for_the_test(request):
     torch.set_num_threads(_DEFAULT_THREADS if request.node.get_closest_marker("slow") else 1)
     yield
     torch.set_num_threads(_DEFAULT_THREADS)
+
+
+# With `--dist loadfile`, a worker that finishes a file takes the next one in collection order.
+# So the longest files go first, or one of them, started last, would leave the other worker idle
+# at the end. Longest first, from their times on one core each (in seconds, measured 2026-12-02
+# in a parallel run of the whole suite): 6a 135, 6b 88, chapter 4 65, 4b 47, the slide decks 39.
+# 6c comes after them: it finetunes 6a's cached stand-in, and started while 6a still pretrains
+# it would only wait for it (the cache's lock). The DDP tests (32) start their processes next.
+LONGEST_FIRST = ["finetune/LLM-finetune-classification.ipynb", "finetune/LLM-finetune-instructions.ipynb",
+                 "training/LLM-training.ipynb", "training/LLM-performance.ipynb", "tests/test_slides.py",
+                 "finetune/LLM-finetune-lora.ipynb", "tests/test_training_ddp.py"]
+
+
+def pytest_configure(config):
+    if config.getoption("dist", "no") == "loadfile":
+        config.option.loadscopereorder = False  # keep the order below, not xdist's (by test count)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: cells stay in order

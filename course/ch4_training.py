@@ -40,8 +40,8 @@ def calc_loss_batch(input_batch, target_batch, model, device):
 
 
 # %% training/LLM-training.ipynb, cell 33
-def calc_loss_loader(data_loader, model, device, num_batches=None):
-    """Mean loss over the first num_batches batches (all of them when None)."""
+def calc_loss_loader(data_loader, model, device, num_batches=None, calc_loss=calc_loss_batch):
+    """Mean loss (calc_loss of each batch) over the first num_batches batches (all when None)."""
     if len(data_loader) == 0:
         raise ValueError(
             "The data loader has no batches, so there is no loss to average. Its text is too "
@@ -54,7 +54,7 @@ def calc_loss_loader(data_loader, model, device, num_batches=None):
     for i, (input_batch, target_batch) in enumerate(data_loader):
         if i == num_batches:
             break
-        total_loss += calc_loss_batch(input_batch, target_batch, model, device).item()
+        total_loss += calc_loss(input_batch, target_batch, model, device).item()
     return total_loss / num_batches
 
 
@@ -69,13 +69,13 @@ def get_device():
 
 
 # %% training/LLM-training.ipynb, cell 42
-def evaluate_model(model, train_loader, val_loader, device, eval_iter):
+def evaluate_model(model, train_loader, val_loader, device, eval_iter, calc_loss=calc_loss_batch):
     """Mean training and validation loss over eval_iter batches each, with dropout off."""
     was_training = model.training
     model.eval()  # dropout off: the loss measures the model, not a random sub-network
     with torch.no_grad():
-        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
-        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
+        train_loss = calc_loss_loader(train_loader, model, device, eval_iter, calc_loss)
+        val_loss = calc_loss_loader(val_loader, model, device, eval_iter, calc_loss)
     model.train(was_training)  # back to the mode the model was in
     return train_loss, val_loss
 
@@ -97,7 +97,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                        eval_freq, eval_iter, start_context, tokenizer, calc_loss=calc_loss_batch):
     """Train for num_epochs; every eval_freq steps print the train and validation losses,
     after each epoch print a sample. Returns the losses and the tokens seen at each evaluation.
-    calc_loss(input_batch, target_batch, model, device) is the loss each step minimizes."""
+    calc_loss(input_batch, target_batch, model, device) is the loss each step minimizes and
+    each evaluation reports."""
     if len(train_loader) == 0:
         raise ValueError(
             "The training loader has no batches, so there is nothing to train on. Its text is too "
@@ -117,7 +118,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
             tokens_seen += input_batch.numel()
             global_step += 1
             if global_step % eval_freq == 0:
-                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter,
+                                                      calc_loss)
                 train_losses.append(train_loss)
                 val_losses.append(val_loss)
                 track_tokens_seen.append(tokens_seen)

@@ -155,14 +155,16 @@ def test_the_loop_minimizes_the_loss_it_is_given(capsys):
     calls = []
 
     def recording_loss(input_batch, target_batch, model, device):
-        calls.append(input_batch.shape)
+        calls.append((model.training, torch.is_grad_enabled()))
         return calc_loss_batch(input_batch, target_batch, model, device)
 
     batches = tiny_batches(3)
     torch.manual_seed(7)
     train_model_simple(model, batches, batches[:1], optimizer, CPU, num_epochs=3, eval_freq=1,
                        eval_iter=3, start_context="1 2 3", tokenizer=Tok(), calc_loss=recording_loss)
-    assert len(calls) == 9  # one call per training step (the evaluations use calc_loss_loader)
+    # one call per training step (9), and the evaluations report the same loss: after each step,
+    # 3 training batches and 1 validation batch, with dropout and gradients off
+    assert calls.count((True, True)) == 9 and calls.count((False, False)) == 9 * (3 + 1) and len(calls) == 45
     assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), model.state_dict().values()))
 
 
