@@ -189,6 +189,7 @@ def bench_training(configs, batch_size, rounds, n_matmul, device, bf16):
                 optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)  # not fused
             else:
                 optimizer = make_adamw(model.parameters(), lr=4e-4, weight_decay=0.1)
+                fast_path_fused = bool(optimizer.defaults.get("fused"))  # what the fast path's row used
             if mixed:
                 model = MixedPrecisionModel(model, device.type)
             name = f"{label} | {variant}"
@@ -196,7 +197,7 @@ def bench_training(configs, batch_size, rounds, n_matmul, device, bf16):
             fns[name] = training_step(model, optimizer, x, y, losses[name])
             dtype_of[name] = "bfloat16" if mixed else "float32"
         n, flops = model_flops_per_token(model, cfg, seq_len)
-        info[label] = (n, flops, bool(optimizer.defaults.get("fused")), batch_size * seq_len)
+        info[label] = (n, flops, fast_path_fused, batch_size * seq_len)
         del initial, model, optimizer
     times = interleaved(fns, rounds, device)
     matmul_flops = {name: [2 * n_matmul**3 / t for t in times.pop(f"matmul {name}")] for name in dtypes}
