@@ -171,7 +171,7 @@ def score_responses(entries, responses, max_answer_words=3):
     }
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 63
+# %% finetune/LLM-finetune-instructions.ipynb, cell 64
 OLLAMA_URL = "http://127.0.0.1:11434"  # where a local Ollama server listens
 
 

@@ -11,10 +11,11 @@ import torch.nn as nn
 
 import course.ch6a_classification as ch6a  # where load_base_model looks GPT-2 up
 import course.infra
-from helpers import (BOOK_FINETUNE, CompactTokenizer, calc_loss_batch, calc_loss_batch_at_targets, calc_response_loss, DataFileError, GPTModel, InstructionDataset,
-                     SpamDataset, base_model_path, classify, contains_answer, format_input,
-                     gpt2_config, instruction_collate_fn, judge_scores, last_real_token_logits,
-                     load_base_model, load_checkpoint, logits_at_targets, make_classifier, ollama_is_running,
+from helpers import (BOOK_FINETUNE, CompactTokenizer, DataFileError, GPTModel, InstructionDataset,
+                     SpamDataset, base_model_path, calc_loss_batch, calc_loss_batch_at_targets,
+                     calc_response_loss, classify, contains_answer, format_input, gpt2_config,
+                     instruction_collate_fn, judge_scores, last_real_token_logits, load_base_model,
+                     load_checkpoint, logits_at_targets, make_classifier, ollama_is_running,
                      save_checkpoint, score_responses, to_full_vocabulary, train_classifier_simple,
                      word_f1)
 
