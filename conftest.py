@@ -16,8 +16,6 @@ _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
-import torch
-
 _mirror = Path(__file__).resolve().parent.parent / "shared" / "data"
 if _mirror.is_dir():
     os.environ.setdefault("LLM_DATA_MIRROR", str(_mirror))
@@ -33,12 +31,19 @@ prepare_tiktoken_offline()
 # workers, other jobs) waiting for a descheduled thread made a 24-step training run of
 # tests/test_stage5_checkpoints.py take 12.9 s instead of 0.09 s. So a test runs on one thread,
 # except those marked slow (the 124M model's losses, the subprocesses), which keep PyTorch's
-# default. The notebooks' kernels are other processes and keep it too.
-_DEFAULT_THREADS = torch.get_num_threads()
+# default. The notebooks' kernels are other processes and keep it too. torch is imported here, at
+# the first test, not at the top: the controller of a parallel run then starts its workers without
+# waiting for it.
+_DEFAULT_THREADS = None
 
 
 @pytest.fixture(autouse=True)
 def _threads_for_the_test(request):
+    global _DEFAULT_THREADS
+    import torch
+
+    if _DEFAULT_THREADS is None:
+        _DEFAULT_THREADS = torch.get_num_threads()
     torch.set_num_threads(_DEFAULT_THREADS if request.node.get_closest_marker("slow") else 1)
     yield
     torch.set_num_threads(_DEFAULT_THREADS)
