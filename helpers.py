@@ -41,7 +41,8 @@ from course.ch6a_classification import (BASE_RECIPE, BOOK_FINETUNE, STAND_IN_CON
                                         calc_loss_loader_classifier, classify, create_balanced_dataset,
                                         evaluate_classifier, last_real_token_logits, load_base_model,
                                         make_classifier, pretrain_base_model, random_split,
-                                        to_full_vocabulary, train_classifier_simple)
+                                        read_sms_collection, to_full_vocabulary,
+                                        train_classifier_simple)
 # 6b Instructions: finetune/LLM-finetune-instructions.ipynb -> course/ch6b_instructions.py
 from course.ch6b_instructions import (OLLAMA_URL, InstructionDataset, answer_words, calc_loss_batch_at_targets,
                                       calc_response_loss, logits_at_targets,

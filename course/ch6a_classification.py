@@ -22,7 +22,17 @@ from course.ch5_saving import GPT2_SIZES, gpt2_config, load_checkpoint, load_pre
 from course.infra import DATA_DIR, DataFileError  # not taught
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 8
+# %% finetune/LLM-finetune-classification.ipynb, cell 6
+def read_sms_collection(path):
+    """The SMS Spam Collection's lines as (text, label) pairs: label 1 for spam, 0 for not spam."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        label, text = line.split("\t", maxsplit=1)
+        rows.append((text, 1 if label == "spam" else 0))
+    return rows
+
+
+# %% finetune/LLM-finetune-classification.ipynb, cell 9
 def create_balanced_dataset(rows, seed=123):
     # All spam messages plus as many randomly drawn normal ones, in a shuffled order.
     spam = [row for row in rows if row[1] == 1]
@@ -33,14 +43,14 @@ def create_balanced_dataset(rows, seed=123):
     return balanced
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 11
+# %% finetune/LLM-finetune-classification.ipynb, cell 12
 def random_split(rows, train_frac, val_frac):
     train_end = int(len(rows) * train_frac)
     val_end = train_end + int(len(rows) * val_frac)
     return rows[:train_end], rows[train_end:val_end], rows[val_end:]
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 18
+# %% finetune/LLM-finetune-classification.ipynb, cell 19
 class SpamDataset(Dataset):
     """SMS messages as token ids, truncated to max_length and right-padded with pad_token_id
     (GPT-2's end-of-text), with their labels (1 = spam, 0 = not spam)."""
@@ -68,7 +78,7 @@ class SpamDataset(Dataset):
         return len(self.encoded_texts)
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 23
+# %% finetune/LLM-finetune-classification.ipynb, cell 24
 STAND_IN_CONFIG = {**GPT_SMALL_CONFIG, "drop_rate": 0.0}  # chapter 4's small GPT; no dropout for a short pretraining
 
 BASE_RECIPE = {
@@ -82,7 +92,7 @@ BASE_RECIPE = {
 }
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 25
+# %% finetune/LLM-finetune-classification.ipynb, cell 26
 def base_model_path(cfg, recipe, texts, models_dir=None):
     """Cache file of the stand-in base. Its name is a hash of the config, the recipe AND the
     pretraining texts, so changing any of them trains a new model instead of loading a stale one."""
@@ -93,7 +103,7 @@ def base_model_path(cfg, recipe, texts, models_dir=None):
     return models_dir / f"base-gpt-{key}.pth"
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 28
+# %% finetune/LLM-finetune-classification.ipynb, cell 29
 class CompactTokenizer:
     """GPT-2's tokenizer with its ids renumbered 0, 1, ... over the tokens of `vocab` only
     (the tokens a corpus uses), so that a model trained on it needs len(vocab) output rows."""
@@ -133,7 +143,7 @@ def to_full_vocabulary(compact_model, vocab, cfg):
     return model
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 32
+# %% finetune/LLM-finetune-classification.ipynb, cell 33
 def pretrain_base_model(cfg, recipe, texts):
     """Pretrain a GPTModel(cfg) from scratch on `texts` (a list of strings) with chapter 4's
     train_model_simple for recipe["steps"] batches, on a compact vocabulary (only the tokens the
@@ -161,7 +171,7 @@ def pretrain_base_model(cfg, recipe, texts):
     return to_full_vocabulary(model.to("cpu"), vocab, cfg).eval()
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 34
+# %% finetune/LLM-finetune-classification.ipynb, cell 35
 def load_base_model(name="gpt2", cfg=STAND_IN_CONFIG, recipe=BASE_RECIPE, texts=None, models_dir=None):
     """The base model to finetune, as (model, config, description).
 
@@ -196,7 +206,7 @@ def load_base_model(name="gpt2", cfg=STAND_IN_CONFIG, recipe=BASE_RECIPE, texts=
     return model.eval(), cfg, description
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 43
+# %% finetune/LLM-finetune-classification.ipynb, cell 44
 BOOK_FINETUNE = {"trainable_blocks": 1, "train_embeddings": False, "lr": 5e-5, "weight_decay": 0.1,
                  "num_epochs": 5}  # GPT-2: Raschka's chapter 6
 STAND_IN_FINETUNE = {"trainable_blocks": STAND_IN_CONFIG["n_layers"], "train_embeddings": True,
@@ -222,7 +232,7 @@ def make_classifier(model, num_classes=2, trainable_blocks=1, train_embeddings=F
     return model
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 49
+# %% finetune/LLM-finetune-classification.ipynb, cell 50
 def last_real_token_logits(model, input_ids, pad_token_id=END_OF_TEXT_ID):
     """The model's outputs at each row's last REAL token, (batch, num_classes).
 
@@ -237,7 +247,7 @@ def last_real_token_logits(model, input_ids, pad_token_id=END_OF_TEXT_ID):
     return logits[torch.arange(input_ids.shape[0], device=input_ids.device), num_real - 1]
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 52
+# %% finetune/LLM-finetune-classification.ipynb, cell 53
 def calc_loss_batch_classifier(input_batch, target_batch, model, device):
     logits = last_real_token_logits(model, input_batch.to(device))  # (batch, 2)
     return nn.functional.cross_entropy(logits, target_batch.to(device))
@@ -266,7 +276,7 @@ def calc_accuracy_loader(data_loader, model, device, num_batches=None):
     return correct / seen
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 57
+# %% finetune/LLM-finetune-classification.ipynb, cell 58
 def evaluate_classifier(model, train_loader, val_loader, device, eval_iter):
     model.eval()
     with torch.no_grad():
@@ -300,7 +310,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device,
     return train_losses, val_losses, train_accs, val_accs
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 71
+# %% finetune/LLM-finetune-classification.ipynb, cell 72
 def classify(text, model, tokenizer, device, max_length=None, pad_token_id=END_OF_TEXT_ID):
     """'spam' or 'not spam' for one message, read at its last real token. Messages longer than
     max_length (default: the model's context length) are truncated to their first tokens."""

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import (BASE_RECIPE, DATA_DIR, STAND_IN_CONFIG, STAND_IN_FINETUNE, GPTModel,  # noqa: E402
                      SpamDataset, calc_accuracy_loader, create_balanced_dataset, get_data_file,
                      load_base_model, make_adamw, make_classifier, prepare_tiktoken_offline, random_split,
-                     train_classifier_simple)
+                     read_sms_collection, train_classifier_simple)
 
 
 def main():
@@ -56,10 +56,7 @@ def main():
     prepare_tiktoken_offline()
     tokenizer = tiktoken.get_encoding("gpt2")
 
-    rows = []  # 6a, section 1
-    for line in get_data_file("SMSSpamCollection.tsv").read_text(encoding="utf-8").splitlines():
-        label, text = line.split("\t", maxsplit=1)
-        rows.append((text, 1 if label == "spam" else 0))
+    rows = read_sms_collection(get_data_file("SMSSpamCollection.tsv"))  # 6a, section 1
     train_rows, val_rows, test_rows = random_split(create_balanced_dataset(rows), 0.7, 0.1)
     held_out = {text for text, _ in val_rows + test_rows}
     pretraining_texts = [text for text, _ in rows if text not in held_out]

@@ -145,6 +145,12 @@ def test_last_real_token_per_row_of_a_mixed_batch(tokenizer):
         last_real_token_logits(model, torch.full((1, 4), E))
 
 
+def test_read_sms_collection_splits_at_the_first_tab(tmp_path):
+    path = tmp_path / "sms.tsv"
+    path.write_text("ham\tSee you at 8\nspam\tWIN a prize!\tCall now\n", encoding="utf-8")
+    assert ch6a.read_sms_collection(path) == [("See you at 8", 0), ("WIN a prize!\tCall now", 1)]
+
+
 def test_spam_dataset_truncates_and_pads(tokenizer):
     long_text = "free " * 30
     dataset = SpamDataset(["Hi there", long_text], [0, 1], tokenizer, max_length=6)
