@@ -70,7 +70,8 @@ def get_device():
 
 # %% training/LLM-training.ipynb, cell 42
 def evaluate_model(model, train_loader, val_loader, device, eval_iter, calc_loss=calc_loss_batch):
-    """Mean training and validation loss over eval_iter batches each, with dropout off."""
+    """Mean training and validation loss (calc_loss of each batch) over eval_iter batches each,
+    with dropout off."""
     was_training = model.training
     model.eval()  # dropout off: the loss measures the model, not a random sub-network
     with torch.no_grad():
