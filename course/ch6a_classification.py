@@ -3,12 +3,13 @@
 
 
 # %% finetune/LLM-finetune-classification.ipynb, cell 4
+import csv
 import hashlib
 import itertools
 import json
-import random
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 import torch
 import torch.nn as nn
@@ -24,23 +25,30 @@ from course.infra import DATA_DIR, DataFileError  # not taught
 
 # %% finetune/LLM-finetune-classification.ipynb, cell 6
 def read_sms_collection(path):
-    """The SMS Spam Collection's lines as (text, label) pairs: label 1 for spam, 0 for not spam."""
+    """The SMS Spam Collection as (text, label) pairs: label 1 for spam, 0 for not spam. Read with
+    the csv module, which parses the file as pandas does in Raschka's chapter 6, so the messages
+    (and the split drawn from them) are the book's."""
     rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        label, text = line.split("\t", maxsplit=1)
-        rows.append((text, 1 if label == "spam" else 0))
+    with open(path, newline="", encoding="utf-8") as file:
+        for fields in csv.reader(file, delimiter="\t"):
+            if len(fields) != 2 or fields[0] not in ("ham", "spam"):
+                raise ValueError(f"{Path(path).name}: {fields!r} is not a label ('ham' or 'spam'), a tab "
+                                 f"and a message.")
+            label, text = fields
+            rows.append((text, 1 if label == "spam" else 0))
     return rows
 
 
 # %% finetune/LLM-finetune-classification.ipynb, cell 9
 def create_balanced_dataset(rows, seed=123):
-    # All spam messages plus as many randomly drawn normal ones, in a shuffled order.
+    # All spam messages plus as many randomly drawn normal ones, in a shuffled order: the draws of
+    # Raschka's chapter 6 (pandas' sample(random_state=seed) is NumPy's RandomState(seed).permutation).
     spam = [row for row in rows if row[1] == 1]
     ham = [row for row in rows if row[1] == 0]
-    rng = random.Random(seed)  # a private generator: the same draw on every machine
-    balanced = spam + rng.sample(ham, len(spam))
-    rng.shuffle(balanced)
-    return balanced
+    picked = np.random.RandomState(seed).permutation(len(ham))[:len(spam)]
+    balanced = [ham[i] for i in picked] + spam
+    order = np.random.RandomState(seed).permutation(len(balanced))  # the book shuffles with a fresh generator
+    return [balanced[i] for i in order]
 
 
 # %% finetune/LLM-finetune-classification.ipynb, cell 12

@@ -14,10 +14,10 @@ import course.infra
 from helpers import (BOOK_FINETUNE, CompactTokenizer, DataFileError, GPTModel, InstructionDataset,
                      SpamDataset, base_model_path, calc_loss_batch, calc_loss_batch_at_targets,
                      calc_response_loss, classify, contains_answer, format_input, gpt2_config,
-                     instruction_collate_fn, judge_scores, last_real_token_logits, load_base_model,
-                     load_checkpoint, logits_at_targets, make_classifier, ollama_is_running,
-                     save_checkpoint, score_responses, to_full_vocabulary, train_classifier_simple,
-                     word_f1)
+                     get_data_file, instruction_collate_fn, judge_scores, last_real_token_logits,
+                     load_base_model, load_checkpoint, logits_at_targets, make_classifier,
+                     ollama_is_running, save_checkpoint, score_responses, to_full_vocabulary,
+                     train_classifier_simple, word_f1)
 
 E = 50256  # GPT-2's <|endoftext|>, the padding id
 I = -100   # cross_entropy's default ignore_index
@@ -145,10 +145,34 @@ def test_last_real_token_per_row_of_a_mixed_batch(tokenizer):
         last_real_token_logits(model, torch.full((1, 4), E))
 
 
-def test_read_sms_collection_splits_at_the_first_tab(tmp_path):
+def test_read_sms_collection_reads_quotes_as_pandas_does(tmp_path):
+    # csv's rules, as pandas applies them in the book: a field that opens with a quote ends at the
+    # closing one (the quotes dropped), even past a line break; a quote inside a field is kept.
     path = tmp_path / "sms.tsv"
-    path.write_text("ham\tSee you at 8\nspam\tWIN a prize!\tCall now\n", encoding="utf-8")
-    assert ch6a.read_sms_collection(path) == [("See you at 8", 0), ("WIN a prize!\tCall now", 1)]
+    path.write_text('ham\tSee you at "8"\nspam\t"WIN" a prize\nham\t"Never closed\nham\tnext"\n', encoding="utf-8")
+    assert ch6a.read_sms_collection(path) == [('See you at "8"', 0), ("WIN a prize", 1),
+                                               ("Never closed\nham\tnext", 0)]
+
+
+@pytest.mark.parametrize("line", ["ham See you", "spam\tWIN\tnow", "Ham\tSee you"])
+def test_read_sms_collection_rejects_a_malformed_line(tmp_path, line):
+    path = tmp_path / "sms.tsv"
+    path.write_text(f"ham\tfine\n{line}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="is not a label"):
+        ch6a.read_sms_collection(path)
+
+
+def test_the_split_is_the_books():
+    # Expected values from Raschka's chapter 6 code itself (pd.read_csv, sample(random_state=123)),
+    # run here with pandas 3.1.1: the counts and the first two messages of each split.
+    rows = ch6a.read_sms_collection(get_data_file("SMSSpamCollection.tsv"))
+    assert (len(rows), sum(label for _, label in rows)) == (5572, 747)
+    train, val, test = ch6a.random_split(ch6a.create_balanced_dataset(rows), 0.7, 0.1)
+    assert [(len(split), sum(label for _, label in split)) for split in (train, val, test)] == \
+        [(1045, 517), (149, 79), (300, 151)]
+    assert [text[:30] for text, _ in train[:2]] == ["Dude how do you like the buff ", "Tessy..pls do me a favor. Pls "]
+    assert [text[:30] for text, _ in val[:2]] == ["Mila, age23, blonde, new in UK", "Hungry gay guys feeling hungry"]
+    assert [text[:30] for text, _ in test[:2]] == ["85233 FREE>Ringtone!Reply REAL", "Ur cash-balance is currently 5"]
 
 
 def test_spam_dataset_truncates_and_pads(tokenizer):
