@@ -72,7 +72,7 @@ LONGEST_FIRST = ["finetune/LLM-finetune-classification.ipynb", "finetune/LLM-fin
 
 def _start_kernels_with_one_retry():
     """nbval gives a new kernel 60 s to answer, and otherwise fails every cell of the notebook.
-    In one of five fresh-clone runs on 2026-12-02, 6a's kernel, started at the same moment as
+    In one of six fresh-clone runs on 2026-12-02, 6a's kernel, started at the same moment as
     6b's, never answered (its stderr goes to /dev/null, so why is unknown; 96 kernel starts, two at
     a time, with this file's settings all answered within a second). So a kernel that does not
     answer is started once more, on new ports; one that fails twice still fails the notebook."""
