@@ -3,6 +3,7 @@
 
 
 # %% finetune/LLM-finetune-classification.ipynb, cell 4
+import collections
 import csv
 import hashlib
 import itertools
@@ -17,7 +18,7 @@ from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 
 from course.ch1_data import END_OF_TEXT_ID, GPTDatasetV1  # chapter 1
-from course.ch4_training import GPT_SMALL_CONFIG, get_device, train_model_simple  # chapter 4
+from course.ch4_training import GPT_SMALL_CONFIG, calc_loss_batch, get_device, train_model_simple  # chapter 4
 from course.ch4b_performance import GPTModel, make_adamw  # chapter 3's model with 4b's KV cache; 4b's fused AdamW
 from course.ch5_saving import GPT2_SIZES, gpt2_config, load_checkpoint, load_pretrained_gpt2, save_checkpoint  # chapter 5
 from course.infra import DATA_DIR, DataFileError  # not taught
@@ -97,6 +98,7 @@ BASE_RECIPE = {
     "weight_decay": 0.1,
     "val_fraction": 0.1,     # the last texts, held out to measure the loss on
     "seed": 123,
+    "min_count": 2,          # a token seen fewer times shares one output row with the other rare ones
 }
 
 
@@ -113,38 +115,63 @@ def base_model_path(cfg, recipe, texts, models_dir=None):
 
 # %% finetune/LLM-finetune-classification.ipynb, cell 29
 class CompactTokenizer:
-    """GPT-2's tokenizer with its ids renumbered 0, 1, ... over the tokens of `vocab` only
-    (the tokens a corpus uses), so that a model trained on it needs len(vocab) output rows."""
+    """GPT-2's tokenizer with its ids renumbered over the tokens a corpus uses, so that a model trained
+    on it needs rows for those only. The tokens of `vocab` get compact ids 0, 1, ... and an output row
+    each. The `rare` tokens share one output row, compact id `rare_id` (= len(vocab)), which no text
+    encodes to and which decodes as "<|rare|>"; their own ids (for the embedding) come after it."""
 
-    def __init__(self, tokenizer, vocab):
+    def __init__(self, tokenizer, vocab, rare=()):
         self.tokenizer = tokenizer
-        self.vocab = list(vocab)  # compact id -> GPT-2 id
-        self.compact_ids = {token_id: i for i, token_id in enumerate(self.vocab)}  # GPT-2 id -> compact id
+        self.vocab, self.rare = list(vocab), list(rare)
+        self.rare_id = len(self.vocab)
+        shared = [tokenizer.encode("<|rare|>")] if self.rare else []  # the shared row, spelled out
+        self.pieces = [[t] for t in self.vocab] + shared + [[t] for t in self.rare]  # compact id -> GPT-2 ids
+        self.compact_ids = {t: i for i, t in enumerate(self.vocab)}  # GPT-2 id -> compact id
+        self.compact_ids.update({t: self.rare_id + 1 + i for i, t in enumerate(self.rare)})
+        self.num_inputs = len(self.pieces)  # rows of the embedding
+        self.num_outputs = self.rare_id + len(shared)  # rows of the output head
 
     def encode(self, text, **kwargs):
         token_ids = self.tokenizer.encode(text, **kwargs)
         unknown = [token_id for token_id in token_ids if token_id not in self.compact_ids]
         if unknown:
             raise ValueError(f"{self.tokenizer.decode(unknown[:5])!r}: token(s) outside the compact "
-                             f"vocabulary of {len(self.vocab)} tokens; encode text from the corpus.")
+                             f"vocabulary of {len(self.compact_ids)} tokens; encode text from the corpus.")
         return [self.compact_ids[token_id] for token_id in token_ids]
 
     def decode(self, compact_ids):
-        return self.tokenizer.decode([self.vocab[i] for i in compact_ids])
+        return self.tokenizer.decode([t for i in compact_ids for t in self.pieces[i]])
+
+    def output_targets(self, compact_ids):
+        """The output row that predicts each compact id (a tensor): its own, or the shared rare_id."""
+        return compact_ids.clamp(max=self.rare_id)
 
 
-def to_full_vocabulary(compact_model, vocab, cfg):
-    """A GPTModel(cfg), with GPT-2's full vocabulary, holding compact_model's weights: each token of
-    `vocab` gets its trained embedding and output row; the tokens the corpus never used keep the
-    fresh random embedding of GPTModel(cfg) and an output row of zeros."""
+def compact_tokenizer(texts, min_count):
+    """A CompactTokenizer over the tokens of `texts` (joined by <|endoftext|>): the tokens seen at
+    least min_count times get an output row each; the others share one."""
+    tokenizer = tiktoken.get_encoding("gpt2")
+    everything = "<|endoftext|>".join(texts)
+    counts = collections.Counter(tokenizer.encode(everything, allowed_special={"<|endoftext|>"}))
+    vocab = sorted(token_id for token_id, n in counts.items() if n >= min_count)
+    rare = sorted(token_id for token_id, n in counts.items() if n < min_count)
+    return CompactTokenizer(tokenizer, vocab, rare)
+
+
+def to_full_vocabulary(compact_model, compact, cfg):
+    """A GPTModel(cfg), with GPT-2's full vocabulary, holding compact_model's weights: each token the
+    corpus used gets its trained embedding, and each token of compact.vocab its trained output row.
+    The other output rows are zeros: the rare tokens' (one shared row predicted them all) and those
+    of the tokens the corpus never used, which also keep GPTModel(cfg)'s random embedding."""
     model = GPTModel(cfg)
-    rows = torch.tensor(vocab)
     state = model.state_dict()
     for name, tensor in compact_model.state_dict().items():
-        if name in ("tok_emb.weight", "out_head.weight"):
-            if name == "out_head.weight":
-                state[name].zero_()
-            state[name][rows] = tensor
+        if name == "tok_emb.weight":
+            gpt2_ids, compact_ids = zip(*compact.compact_ids.items())
+            state[name][list(gpt2_ids)] = tensor[list(compact_ids)]
+        elif name == "out_head.weight":
+            state[name].zero_()
+            state[name][compact.vocab] = tensor[:len(compact.vocab)]
         else:
             state[name] = tensor
     model.load_state_dict(state)
@@ -155,28 +182,33 @@ def to_full_vocabulary(compact_model, vocab, cfg):
 def pretrain_base_model(cfg, recipe, texts):
     """Pretrain a GPTModel(cfg) from scratch on `texts` (a list of strings) with chapter 4's
     train_model_simple for recipe["steps"] batches, on a compact vocabulary (only the tokens the
-    texts use), then return it with GPT-2's full vocabulary, on the CPU, in eval mode. Seeded:
-    the same recipe and texts give the same model."""
-    gpt2_tokenizer = tiktoken.get_encoding("gpt2")
-    everything = "<|endoftext|>".join(texts)
-    vocab = sorted(set(gpt2_tokenizer.encode(everything, allowed_special={"<|endoftext|>"})))
-    tokenizer = CompactTokenizer(gpt2_tokenizer, vocab)
+    texts use; those seen fewer than recipe["min_count"] times share one output row), then return
+    it with GPT-2's full vocabulary, on the CPU, in eval mode. Seeded: the same recipe and texts
+    give the same model."""
+    tokenizer = compact_tokenizer(texts, recipe["min_count"])
     num_val = max(1, int(recipe["val_fraction"] * len(texts)))
     train_text, val_text = ("<|endoftext|>".join(part) for part in (texts[:-num_val], texts[-num_val:]))
     torch.manual_seed(recipe["seed"])
     device = get_device()
-    model = GPTModel({**cfg, "vocab_size": len(vocab)}).to(device)
+    model = GPTModel({**cfg, "vocab_size": tokenizer.num_inputs})
+    if tokenizer.rare:  # a smaller head: a row per token of tokenizer.vocab, and the shared one
+        model.out_head = nn.Linear(cfg["emb_dim"], tokenizer.num_outputs, bias=False)
+    model = model.to(device)
     windows = dict(tokenizer=tokenizer, max_length=recipe["max_length"], stride=recipe["max_length"])
     train_loader = DataLoader(GPTDatasetV1(train_text, **windows), batch_size=recipe["batch_size"],
                               shuffle=True, drop_last=True)
     val_loader = DataLoader(GPTDatasetV1(val_text, **windows), batch_size=recipe["batch_size"])
     passes = itertools.chain.from_iterable(itertools.repeat(train_loader))  # a new shuffle each pass
     batches = list(itertools.islice(passes, recipe["steps"]))
+
+    def calc_loss(input_batch, target_batch, model, device):  # a rare token's target is the shared row
+        return calc_loss_batch(input_batch, tokenizer.output_targets(target_batch), model, device)
+
     optimizer = make_adamw(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     train_model_simple(model, batches, val_loader, optimizer, device, num_epochs=1,
                        eval_freq=max(1, recipe["steps"] // 4), eval_iter=2,
-                       start_context=" ".join(texts[0].split()[:4]), tokenizer=tokenizer)
-    return to_full_vocabulary(model.to("cpu"), vocab, cfg).eval()
+                       start_context=" ".join(texts[0].split()[:4]), tokenizer=tokenizer, calc_loss=calc_loss)
+    return to_full_vocabulary(model.to("cpu"), tokenizer, cfg).eval()
 
 
 # %% finetune/LLM-finetune-classification.ipynb, cell 35

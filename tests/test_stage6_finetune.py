@@ -13,7 +13,7 @@ import course.ch6a_classification as ch6a  # where load_base_model looks GPT-2 u
 import course.infra
 from helpers import (BOOK_FINETUNE, CompactTokenizer, DataFileError, GPTModel, InstructionDataset,
                      SpamDataset, base_model_path, calc_loss_batch, calc_loss_batch_at_targets,
-                     calc_response_loss, classify, contains_answer, format_input, gpt2_config,
+                     calc_response_loss, classify, compact_tokenizer, contains_answer, format_input, gpt2_config,
                      get_data_file, instruction_collate_fn, judge_scores, last_real_token_logits,
                      load_base_model, load_checkpoint, logits_at_targets, make_classifier,
                      ollama_is_running, save_checkpoint, score_responses, to_full_vocabulary,
@@ -212,7 +212,7 @@ def test_classify_truncates_a_message_longer_than_the_context(tokenizer):
 # --- the stand-in base and its cache -------------------------------------------------------------
 
 TINY_RECIPE = {"steps": 2, "batch_size": 2, "max_length": 8, "lr": 1e-3, "weight_decay": 0.1,
-               "val_fraction": 0.25, "seed": 123}
+               "val_fraction": 0.25, "seed": 123, "min_count": 1}
 TEXTS = ["Hello there, how are you? I am fine, thanks for asking.",
          "Call me now to win a prize! Text WIN to 8008 now.",
          "See you at dinner tonight, don't be late ok?",
@@ -238,8 +238,27 @@ def test_compact_tokenizer_round_trips_and_refuses_unknown_tokens(tokenizer):
     assert sorted(set(ids)) == sorted(set(ids) & set(range(len(vocab))))  # ids 0..len(vocab)-1
     assert [vocab[i] for i in ids] == tokenizer.encode(TEXTS[1])
     assert compact.decode(ids) == TEXTS[1]
+    assert compact.num_inputs == compact.num_outputs == len(vocab)  # no rare tokens: no shared row
+    assert compact.output_targets(torch.tensor(ids)).tolist() == ids
     with pytest.raises(ValueError, match="compact vocabulary"):
         compact.encode("Photosynthesis")
+
+
+def test_tokens_seen_fewer_than_min_count_times_share_one_output_row(tokenizer):
+    """Counted by hand: "hello" and " hello" occur twice, " world", " there" and <|endoftext|> once."""
+    [hello], [space_hello], [world], [there] = (tokenizer.encode(t) for t in ("hello", " hello", " world", " there"))
+    compact = compact_tokenizer(["hello hello hello world", "hello there"], min_count=2)
+    assert compact.vocab == sorted([hello, space_hello])
+    assert compact.rare == sorted([world, there, E])
+    assert compact.rare_id == 2 and compact.num_outputs == 3 and compact.num_inputs == 6
+    ids = compact.encode("hello there world")
+    rare_ids = [3 + compact.rare.index(t) for t in (there, world)]  # after the shared row, id 2
+    assert ids == [compact.vocab.index(hello), *rare_ids]
+    assert compact.decode(ids) == "hello there world"  # every token keeps its own input id
+    assert compact.output_targets(torch.tensor(ids)).tolist() == [compact.vocab.index(hello), 2, 2]
+    assert compact.decode([compact.vocab.index(hello), 2]) == "hello<|rare|>"
+    everything = compact_tokenizer(["hello hello hello world", "hello there"], min_count=1)
+    assert everything.rare == [] and everything.vocab == sorted([hello, space_hello, world, there, E])
 
 
 def test_full_vocabulary_model_computes_what_the_compact_model_did(tokenizer):
@@ -248,17 +267,46 @@ def test_full_vocabulary_model_computes_what_the_compact_model_did(tokenizer):
     vocab = sorted(set(tokenizer.encode("<|endoftext|>".join(TEXTS), allowed_special={"<|endoftext|>"})))
     torch.manual_seed(0)
     compact_model = GPTModel({**TINY, "vocab_size": len(vocab)}).eval()
-    full = to_full_vocabulary(compact_model, vocab, TINY).eval()
+    compact = CompactTokenizer(tokenizer, vocab)
+    full = to_full_vocabulary(compact_model, compact, TINY).eval()
     gpt2_ids = tokenizer.encode(TEXTS[0])
-    compact_ids = CompactTokenizer(tokenizer, vocab).encode(TEXTS[0])
     with torch.no_grad():
-        expected = compact_model(torch.tensor([compact_ids]))
+        expected = compact_model(torch.tensor([compact.encode(TEXTS[0])]))
         logits = full(torch.tensor([gpt2_ids]))
     assert logits.shape[-1] == 50257
     assert torch.allclose(logits[..., vocab], expected, atol=1e-5)
     others = torch.ones(50257, dtype=torch.bool)
     others[vocab] = False
     assert torch.equal(logits[..., others], torch.zeros_like(logits[..., others]))
+
+
+def test_full_vocabulary_model_reads_rare_tokens_as_the_compact_model_did(tokenizer):
+    """With a shared row: each rare token keeps its trained embedding, so on text with rare tokens
+    the full model gives the compact model's scores at the common tokens; the rest are zero."""
+    compact = compact_tokenizer(TEXTS[:3], min_count=2)
+    assert compact.rare and compact.vocab
+    torch.manual_seed(0)
+    compact_model = GPTModel({**TINY, "vocab_size": compact.num_inputs})
+    compact_model.out_head = nn.Linear(TINY["emb_dim"], compact.num_outputs, bias=False)
+    full = to_full_vocabulary(compact_model.eval(), compact, TINY).eval()
+    text = TEXTS[1]
+    assert max(compact.encode(text)) > compact.rare_id  # the text has rare tokens
+    with torch.no_grad():
+        expected = compact_model(torch.tensor([compact.encode(text)]))
+        logits = full(torch.tensor([tokenizer.encode(text)]))
+    assert torch.allclose(logits[..., compact.vocab], expected[..., :len(compact.vocab)], atol=1e-5)
+    others = torch.ones(50257, dtype=torch.bool)
+    others[compact.vocab] = False
+    assert torch.equal(logits[..., others], torch.zeros_like(logits[..., others]))
+
+
+def test_pretraining_with_a_shared_row_gives_a_full_vocabulary_model(tmp_path):
+    recipe, texts = {**TINY_RECIPE, "min_count": 2}, TEXTS[:4]  # each text once: many rare tokens
+    compact = compact_tokenizer(texts, recipe["min_count"])
+    assert compact.rare
+    model, _, _ = load_base_model(None, TINY, recipe, texts, models_dir=tmp_path)
+    trained_rows = model.out_head.weight.ne(0).any(dim=1).nonzero().flatten().tolist()
+    assert trained_rows == compact.vocab  # a row per common token; the rare ones' are zero
 
 
 def no_gpt2(*args, **kwargs):
