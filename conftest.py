@@ -62,9 +62,9 @@ def _threads_for_the_test(request):
 # With `--dist loadfile`, a worker that finishes a file takes the next one in collection order.
 # So the longest files go first, or one of them, started last, would leave the other worker idle
 # at the end. Longest first, from their times on one core each (in seconds, measured 2026-12-02
-# in a parallel run of the whole suite on an AMD EPYC): 6a 147, 6b 94, chapter 4 52, 4b 42, the
-# slide decks 38. 6c (41) comes after them: it finetunes 6a's cached stand-in, and started while
-# 6a still pretrains it, it would only wait for it (the cache's lock). Then the DDP tests (33).
+# in a parallel run of the whole suite on an AMD EPYC): 6a 89, 6b 68, chapter 4 36, 4b 31, the
+# slide decks 30. 6c (29) comes after them: it finetunes 6a's cached stand-in, and started while
+# 6a still pretrains it, it would only wait for it (the cache's lock). Then the DDP tests (22).
 LONGEST_FIRST = ["finetune/LLM-finetune-classification.ipynb", "finetune/LLM-finetune-instructions.ipynb",
                  "training/LLM-training.ipynb", "training/LLM-performance.ipynb", "tests/test_slides.py",
                  "finetune/LLM-finetune-lora.ipynb", "tests/test_training_ddp.py"]
