@@ -374,10 +374,12 @@ def kv_cache():
 
 def cache_rebuild():
     fig, ax = _canvas(14, 3.4, "generate() with KVCachedModel: tokens fed per step (context 4)")
-    steps = [("prompt: 2", "data"), ("1", "op"), ("1", "op"), ("full window: 4", "module"), ("full window: 4", "module")]
-    chain(ax, steps, 1.8, 1.4, 2.8, w=2.4, h=0.9)
-    note(ax, 4.2, 0.6, "window grows: feed only the new token", size=FONT - 2)
-    note(ax, 10.0, 0.6, "window slides: every position changes, rebuild", size=FONT - 2)
+    # The six steps of chapter 4b's example: max_new_tokens=6 after a 2-token prompt, context 4.
+    steps = [("prompt: 2", "data"), ("1", "op"), ("1", "op"), ("window: 4", "module"), ("window: 4", "module"),
+             ("window: 4", "module")]
+    chain(ax, steps, 1.4, 1.4, 2.3, w=2.0, h=0.9)
+    note(ax, 3.7, 0.6, "window grows: feed only the new token", size=FONT - 2)
+    note(ax, 10.6, 0.6, "window slides: every position changes, rebuild", size=FONT - 2)
     return fig
 
 

@@ -331,6 +331,38 @@ def test_deck_renders_in_chromium(decks, chromium, notebook):
         f"reveal.js counts {shown['number']!r} slides"
 
 
+SLIDE_HEIGHTS = """new Promise(done => require(["lib/reveal.js/dist/reveal.js"], Reveal => {
+  Reveal.configure({transition: 'none', backgroundTransition: 'none'});
+  const height = Reveal.getConfig().height;  // the slide's height before reveal.js scales it to the screen
+  const tall = [];
+  for (const slide of Reveal.getSlides()) {
+    const at = Reveal.getIndices(slide);
+    Reveal.slide(at.h, at.v);
+    if (slide.scrollHeight > height) {
+      const heading = slide.querySelector('h1, h2, h3, h4');
+      tall.push({slide: `${at.h + 1}.${at.v + 1}`, height: slide.scrollHeight,
+                 starts: (heading ? heading.innerText : slide.innerText).trim().slice(0, 70)});
+    }
+  }
+  done({height, tall});
+}))"""
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_slide_fits_a_1280x720_screen(decks, chromium, notebook):
+    """No slide scrolls: each one's content, every fragment shown, fits the height reveal.js lays
+    it out in, and so a 1280x720 screen (reveal.js scales the whole slide to the screen)."""
+    session, target, _ = open_deck(chromium, decks[notebook])
+    try:
+        chromium.call("Emulation.setDeviceMetricsOverride", session, width=1280, height=720,
+                      deviceScaleFactor=1, mobile=False)
+        found = chromium.evaluate(session, SLIDE_HEIGHTS)
+    finally:
+        chromium.call("Target.closeTarget", targetId=target)
+    assert not found["tall"], (f"{notebook.name}: slides taller than {found['height']} px (split the cell, "
+                               f"or start a subslide):\n" + "\n".join(map(str, found["tall"])))
+
+
 def test_title_slide_screenshot(decks, chromium):
     """A 1280x720 PNG of the first chapter's title slide, with something drawn on it."""
     from matplotlib.image import imread

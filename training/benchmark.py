@@ -7,7 +7,8 @@ every variant alike) as median and min-max over the rounds:
    for what follows, and whether this CPU has native bfloat16 (chapter 4b's has_native_bf16);
 2. training tokens/s of one full step (forward, loss, backward, AdamW) for the 124M config
    (batch 2 x 256 tokens, dropout 0.1) and the course's small config, and the fraction of the
-   matmul FLOP/s of the step's dtype that its model FLOPs reach ("MFU"); the course's fast path
+   matmul FLOP/s of the step's dtype that its model FLOPs reach ("MFU vs matmul": not PaLM's MFU,
+   which divides by the hardware's data-sheet peak); the course's fast path
    (fused attention, LayerNorm, GELU and AdamW) next to the explicit formulas of the chapters and
    next to the fast path in mixed precision (chapter 4b's MixedPrecisionModel: bfloat16 matrix
    products under torch.autocast), with the bfloat16 / float32 ratio and the losses of both after
@@ -203,7 +204,7 @@ def bench_training(configs, batch_size, rounds, n_matmul, device, bf16):
     matmul_flops = {name: [2 * n_matmul**3 / t for t in times.pop(f"matmul {name}")] for name in dtypes}
     for name, flops in matmul_flops.items():
         print(f"   machine: {n_matmul}x{n_matmul} {name:<8} matmul: {spread([f / 1e9 for f in flops], '{:,.1f}')} GFLOP/s")
-    print(f"   {'config | variant':<44} {'tokens/s median (min-max)':>28} {'step s':>7} {'MFU median (min-max)':>24}")
+    print(f"   {'config | variant':<44} {'tokens/s median (min-max)':>28} {'step s':>7} {'MFU vs matmul (min-max)':>24}")
     results = {}
     for name, ts in times.items():
         label = name.split(" | ")[0]
