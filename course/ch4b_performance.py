@@ -16,7 +16,7 @@ from course.ch4_training import calc_loss_batch, train_model_simple as train_mod
 
 
 # %% training/LLM-performance.ipynb, cell 10
-def make_adamw(params, **kwargs):
+def make_adamw(params, **kwargs) -> torch.optim.AdamW:
     """torch.optim.AdamW with fused=True (one pass over each parameter tensor instead of a dozen
     element-wise operations) where the parameters' device has the fused kernel, plain AdamW
     otherwise: the same update."""
@@ -32,15 +32,15 @@ def make_adamw(params, **kwargs):
 class KVCache:
     """The keys and values one attention layer has computed for the tokens seen so far."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.keys = None  # (batch, num_heads, num_tokens, head_dim)
         self.values = None
 
     @property
-    def num_tokens(self):
+    def num_tokens(self) -> int:
         return 0 if self.keys is None else self.keys.shape[2]
 
-    def update(self, keys, values):
+    def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append the new tokens' keys and values; return those of all tokens so far."""
         if self.keys is not None:
             keys = torch.cat((self.keys, keys), dim=2)
@@ -50,7 +50,7 @@ class KVCache:
 
 
 # %% training/LLM-performance.ipynb, cell 27
-def check_fits(num_tokens, past, context_length, what):
+def check_fits(num_tokens: int, past: int, context_length: int, what: str) -> None:
     """Refuse num_tokens new tokens after past cached ones that would not fit the context."""
     if past + num_tokens > context_length:
         raise ValueError(
@@ -76,7 +76,8 @@ def cached_attention(att: MultiHeadAttention, x: torch.Tensor, kv_cache: "KVCach
     return att.out_proj(context.transpose(1, 2).reshape(b, num_tokens, att.d_out))
 
 
-def attend_after_cache(att, queries, keys, values, past):
+def attend_after_cache(att: MultiHeadAttention, queries: torch.Tensor, keys: torch.Tensor,
+                       values: torch.Tensor, past: int) -> torch.Tensor:
     """att.attend() for queries at positions past, past + 1, ...: query i sees keys 0 ... past + i."""
     future = att.mask[past:past + queries.shape[2], :keys.shape[2]]  # True: the key comes later
     if att.use_sdpa:
@@ -127,7 +128,7 @@ class KVCachedModel:
     at each step, it feeds the model only the token that is new since the last call, and
     rebuilds the cache from the whole window on the first call and once the window slides."""
 
-    def __init__(self, model):
+    def __init__(self, model: nn.Module):
         if not takes_kv_cache(model):
             raise TypeError(
                 f"{type(model).__name__}.forward takes no kv_cache; build the model as "
@@ -136,7 +137,7 @@ class KVCachedModel:
         self.model = model
         self.kv_cache = None
 
-    def __call__(self, idx):
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         cached = 0 if self.kv_cache is None else self.kv_cache[0].num_tokens
         if cached and idx.shape[1] == cached + 1:  # the last window plus one new token
             return self.model(idx[:, -1:], kv_cache=self.kv_cache)
@@ -144,8 +145,9 @@ class KVCachedModel:
         return self.model(idx, kv_cache=self.kv_cache)
 
 
-def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None,
-             use_cache=True):
+def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, context_size: int,
+             temperature: float = 0.0, top_k: int | None = None, eos_id: int | None = None,
+             use_cache: bool = True) -> torch.Tensor:
     """Chapter 4's generate(); with use_cache=True (the default) a model that takes a KV cache
     runs behind one: the same tokens, faster."""
     if use_cache and takes_kv_cache(model):
@@ -153,8 +155,8 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
     return generate_uncached(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id)
 
 
-# %% training/LLM-performance.ipynb, cell 56
-def has_native_bf16(device):
+# %% training/LLM-performance.ipynb, cell 57
+def has_native_bf16(device: str | torch.device) -> bool:
     """Whether device multiplies bfloat16 matrices in hardware (else bfloat16 is emulated, slower
     than float32): CUDA since Ampere; x86 CPUs with AVX-512 BF16 or AMX; nothing else."""
     device = torch.device(device)
@@ -166,7 +168,7 @@ def has_native_bf16(device):
     return False
 
 
-def use_bf16(bf16, device):
+def use_bf16(bf16: bool | str, device: str | torch.device) -> bool:
     """The mixed-precision switch: False (float32), True (bfloat16, even where emulated) or
     "auto" (bfloat16 only where device has it natively)."""
     if bf16 == "auto":
@@ -176,18 +178,18 @@ def use_bf16(bf16, device):
     raise ValueError(f'bf16 must be False, True or "auto" (got {bf16!r}).')
 
 
-# %% training/LLM-performance.ipynb, cell 61
+# %% training/LLM-performance.ipynb, cell 62
 class MixedPrecisionModel(nn.Module):
     """model with its forward pass under torch.autocast in bfloat16: matrix products in bfloat16,
     the weights (and so their gradients and the optimizer's state) in float32, the logits
     returned in float32 so that the loss is float32."""
 
-    def __init__(self, model, device_type):
+    def __init__(self, model: nn.Module, device_type: str):
         super().__init__()
         self.model, self.device_type = model, device_type
         self.context_length = model.context_length  # what chapter 4's sampling reads
 
-    def forward(self, in_idx):
+    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
             logits = self.model(in_idx)
         return logits.float()

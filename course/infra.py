@@ -22,7 +22,9 @@ import tempfile
 import urllib.request
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / "data"
@@ -41,14 +43,14 @@ class CheckpointError(CourseError):
     """A checkpoint that cannot be loaded: damaged, truncated, or made for another model."""
 
 
-def display_path(path):
+def display_path(path: str | os.PathLike) -> str:
     """path relative to the course folder when it lies inside it: the same on every machine."""
     path = Path(path).resolve()
     return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
 
 
 @contextlib.contextmanager
-def atomic_write(path):
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open path for writing in binary mode, atomically: the bytes go to a temporary file in the
     same folder, are flushed to disk, and only then get the real name (os.replace). If anything
     fails before that, the temporary file is removed and an existing file at path is untouched."""
@@ -70,12 +72,12 @@ def atomic_write(path):
         raise
 
 
-def load_manifest(path=None):
+def load_manifest(path: str | os.PathLike | None = None) -> dict:
     """The registry of course files: name (a path under data/) -> {url, sha256, size, ...}."""
     return json.loads(Path(path or DATA_DIR / "manifest.json").read_text(encoding="utf-8"))
 
 
-def sha256_of(path):
+def sha256_of(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -93,7 +95,8 @@ def _verified(path, name, entry, where):
     return path
 
 
-def download(url, dest, sha256=None, archive_member=None, timeout=30):
+def download(url: str, dest: str | os.PathLike, sha256: str | None = None, archive_member: str | None = None,
+             timeout: float = 30) -> Path:
     """Fetch url into dest, atomically; a file that fails its SHA-256 is not kept. With
     archive_member, url is a zip archive and dest gets that member of it."""
     with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -127,7 +130,8 @@ def _from_hugging_face(entry):
     return Path(hf_hub_download(entry["hf_repo"], entry["hf_filename"]))
 
 
-def get_data_file(name, data_dir=None, mirror=None, manifest=None):
+def get_data_file(name: str, data_dir: str | os.PathLike | None = None, mirror: str | os.PathLike | None = None,
+                  manifest: dict | None = None) -> Path:
     """A verified local path to the course file `name` (a path under data/, as in the manifest).
 
     Looks in data_dir (default data/), then in the mirror folder (default $LLM_DATA_MIRROR),
@@ -169,7 +173,8 @@ def _how_to_get(name, entry, data_dir):
     return f"  - {name}: save it as {(Path(data_dir) / name).resolve()}\n      from {source}"
 
 
-def missing_files_help(data_dir=None, mirror=None, manifest=None):
+def missing_files_help(data_dir: str | os.PathLike | None = None, mirror: str | os.PathLike | None = None,
+                       manifest: dict | None = None) -> str:
     """What to do, for every course data file that is neither in data_dir nor in the mirror (GPT-2's
     weights, optional and fetched into the Hugging Face cache, are left out): all at once, so that a
     learner working offline can fetch them in one go."""
@@ -184,7 +189,7 @@ def missing_files_help(data_dir=None, mirror=None, manifest=None):
             + f"\nOr set {MIRROR_ENV} to a folder that holds them (then restart the Jupyter kernel).")
 
 
-def show_course_errors_as_messages():
+def show_course_errors_as_messages() -> None:
     """Inside Jupyter, show a CourseError as its message (what went wrong, what to do) instead of
     a traceback through the course's plumbing; other errors keep their traceback."""
     try:
@@ -201,7 +206,7 @@ def show_course_errors_as_messages():
     shell.set_custom_exc((CourseError,), show)
 
 
-def prepare_tiktoken_offline():
+def prepare_tiktoken_offline() -> None:
     """Let tiktoken.get_encoding("gpt2") work with no network; each notebook calls it in its first
     cell (where it also makes Jupyter show a CourseError as its message, without a traceback).
 

@@ -81,3 +81,11 @@ def test_exercise_solutions_stay_hidden(path):
         if cell_source(cell).startswith("# Solution"):
             hidden = cell["metadata"].get("jupyter", {})
             assert hidden.get("source_hidden") and hidden.get("outputs_hidden"), f"code cell {i} shows its solution"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_opens_unmodified_with_the_kernel_ipykernel_installs(notebook):
+    """JupyterLab rewrites a notebook's kernelspec to the kernel it starts, and then marks the
+    notebook as modified: store what `pip install ipykernel` installs as the python3 kernel."""
+    kernelspec = json.loads(notebook.read_text(encoding="utf-8"))["metadata"].get("kernelspec")
+    assert kernelspec == {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
