@@ -54,7 +54,7 @@ def train_bpe(text: str, num_merges: int) -> tuple[dict[tuple[int, int], int], d
     return merges, vocab, history
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 25
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 26
 def tiny_encode(text: str, merges: dict[tuple[int, int], int]) -> list[int]:
     """Encode text with merges learned by train_bpe: replay them, the earliest learned first."""
     ids = list(text.encode("utf-8"))
@@ -66,7 +66,7 @@ def tiny_encode(text: str, merges: dict[tuple[int, int], int]) -> list[int]:
     return ids
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 29
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 30
 def load_encoder(path: str | os.PathLike) -> dict[str, int]:
     """encoder.json: token string (in bytes_to_unicode characters) -> id, 50,257 entries."""
     with open(path, encoding="utf-8") as f:
@@ -80,7 +80,7 @@ def load_merges(path: str | os.PathLike) -> list[tuple[str, str]]:
     return [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 33
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 34
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's table from each of the 256 byte values to a printable Unicode character.
 
@@ -100,12 +100,12 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 37
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 38
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 41
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 42
 def bpe_merge(word: str, ranks: dict[tuple[str, str], int], steps: list | None = None) -> list[str]:
     """Split word (a string of bytes_to_unicode characters) into GPT-2's BPE tokens.
 
@@ -133,7 +133,7 @@ def bpe_merge(word: str, ranks: dict[tuple[str, str], int], steps: list | None =
     return parts
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 45
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 46
 class GPT2Tokenizer:
     """GPT-2's byte-level BPE, from its two published files' contents.
 

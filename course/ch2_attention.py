@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# %% attention/LLM_attention.ipynb, cell 74
+# %% attention/LLM_attention.ipynb, cell 78
 def head_attention_weights(mha: "MultiHeadAttention", x: torch.Tensor) -> torch.Tensor:
     # The causal attention weights of every head: (b, num_heads, num_tokens, num_tokens).
     b, num_tokens, _ = x.shape
@@ -18,7 +18,7 @@ def head_attention_weights(mha: "MultiHeadAttention", x: torch.Tensor) -> torch.
     return torch.softmax(scores / mha.head_dim**0.5, dim=-1)
 
 
-# %% attention/LLM_attention.ipynb, cell 91
+# %% attention/LLM_attention.ipynb, cell 97
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention: one matmul each for Q, K and V, split into heads.
 

@@ -22,7 +22,7 @@ GPT_124M_CONFIG = {
 }
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 31
+# %% architecture/LLM-GPT-arch.ipynb, cell 35
 class FeedForward(nn.Module):
     """Expand each token to 4x the embedding size, apply GELU, project back."""
 
@@ -38,7 +38,7 @@ class FeedForward(nn.Module):
         return self.layers(x)
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 41
+# %% architecture/LLM-GPT-arch.ipynb, cell 47
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: x + attention(norm(x)), then x + feed_forward(norm(x))."""
 
@@ -59,7 +59,7 @@ class TransformerBlock(nn.Module):
         return x
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 45
+# %% architecture/LLM-GPT-arch.ipynb, cell 51
 def check_config(cfg: dict) -> None:
     """Fail early, naming the key, instead of with a shape error deep inside the model."""
     required = {"vocab_size": int, "context_length": int, "emb_dim": int, "n_heads": int,
@@ -85,7 +85,7 @@ def check_config(cfg: dict) -> None:
         )
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 46
+# %% architecture/LLM-GPT-arch.ipynb, cell 52
 class GPTModel(nn.Module):
     """Token + position embeddings -> n_layers transformer blocks -> final norm -> logits.
 
@@ -149,7 +149,7 @@ class GPTModel(nn.Module):
         return self.out_head(x)  # (batch_size, seq_len, vocab_size)
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 62
+# %% architecture/LLM-GPT-arch.ipynb, cell 69
 GPT_FAMILY = {
     "gpt2-small (124M)": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},
     "gpt2-medium (355M)": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},
@@ -158,7 +158,7 @@ GPT_FAMILY = {
 }
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 68
+# %% architecture/LLM-GPT-arch.ipynb, cell 76
 def generate_text_simple(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
                          context_size: int) -> torch.Tensor:
     """Greedy decoding: append the most likely next token, max_new_tokens times."""
@@ -176,7 +176,7 @@ def generate_text_simple(model: nn.Module, idx: torch.Tensor, max_new_tokens: in
     return idx
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 82
+# %% architecture/LLM-GPT-arch.ipynb, cell 90
 class LayerNorm(nn.Module):
     """Normalise each token's features to mean 0 and variance 1, then scale and shift.
     The formula of the chapter, computed by PyTorch's fused layer_norm kernel."""
@@ -191,7 +191,7 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)  # biased variance
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 83
+# %% architecture/LLM-GPT-arch.ipynb, cell 91
 class GELU(nn.Module):
     """GELU activation, tanh approximation (the one GPT-2 was trained with), in one fused kernel."""
 
