@@ -8,46 +8,42 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 
-# %% notebooks/LLM-data-preprocessing.ipynb, cell 17
+# %% notebooks/LLM-data-preprocessing.ipynb, cell 21
 END_OF_TEXT_ID = 50256  # GPT-2's <|endoftext|> token
 
 
-# %% notebooks/LLM-data-preprocessing.ipynb, cell 31
+# %% notebooks/LLM-data-preprocessing.ipynb, cell 36
 class GPTDatasetV1(Dataset):
     """Sliding windows over a tokenized text: each input is max_length tokens and its target
     is the same window shifted one token to the right (the next token at every position)."""
 
-    def __init__(self, txt, tokenizer, max_length, stride):
+    def __init__(self, txt: str, tokenizer: tiktoken.Encoding, max_length: int, stride: int):
         if max_length < 1:
             raise ValueError(f"max_length must be at least 1 token (got {max_length}).")
         if stride < 1:
-            raise ValueError(
-                f"stride must be at least 1 token (got {stride}); stride = max_length gives "
-                f"windows that touch without overlapping."
-            )
+            raise ValueError(f"stride must be at least 1 token (got {stride}); stride = max_length "
+                             f"gives windows that touch without overlapping.")
         token_ids = tokenizer.encode(txt, allowed_special={"<|endoftext|>"})
         if len(token_ids) < max_length + 1:
             raise ValueError(
                 f"The text has {len(token_ids)} tokens, but one window needs max_length + 1 = "
                 f"{max_length + 1} (the inputs plus the next token as target). Use a longer text "
-                f"or a smaller max_length."
-            )
-        self.input_ids = []
-        self.target_ids = []
+                f"or a smaller max_length.")
+        self.input_ids, self.target_ids = [], []
         for i in range(0, len(token_ids) - max_length, stride):
             self.input_ids.append(torch.tensor(token_ids[i:i + max_length]))
             self.target_ids.append(torch.tensor(token_ids[i + 1:i + max_length + 1]))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.input_ids)
 
-    def __getitem__(self, idx):
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.input_ids[idx], self.target_ids[idx]
 
 
-# %% notebooks/LLM-data-preprocessing.ipynb, cell 39
-def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128,
-                         shuffle=True, drop_last=True, num_workers=0):
+# %% notebooks/LLM-data-preprocessing.ipynb, cell 45
+def create_dataloader_v1(txt: str, batch_size: int = 4, max_length: int = 256, stride: int = 128,
+                         shuffle: bool = True, drop_last: bool = True, num_workers: int = 0) -> DataLoader:
     """A DataLoader of (input_ids, target_ids) batches over `txt`, tokenized with GPT-2's BPE."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1 (got {batch_size}).")

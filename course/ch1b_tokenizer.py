@@ -4,12 +4,13 @@
 
 # %% notebooks/LLM-bpe-from-scratch.ipynb, cell 5
 import json
+import os
 
 import regex
 
 
 # %% notebooks/LLM-bpe-from-scratch.ipynb, cell 10
-def pair_counts(ids):
+def pair_counts(ids: list[int]) -> dict[tuple[int, int], int]:
     """How often each adjacent pair (a, b) occurs in the list of token ids."""
     counts = {}
     for pair in zip(ids, ids[1:]):
@@ -18,7 +19,7 @@ def pair_counts(ids):
 
 
 # %% notebooks/LLM-bpe-from-scratch.ipynb, cell 13
-def merge_pair(ids, pair, new_id):
+def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     """ids with every non-overlapping occurrence of pair, left to right, replaced by new_id."""
     out, i = [], 0
     while i < len(ids):
@@ -32,7 +33,7 @@ def merge_pair(ids, pair, new_id):
 
 
 # %% notebooks/LLM-bpe-from-scratch.ipynb, cell 16
-def train_bpe(text, num_merges):
+def train_bpe(text: str, num_merges: int) -> tuple[dict[tuple[int, int], int], dict[int, bytes], list[int]]:
     """Learn num_merges merges from text's UTF-8 bytes.
 
     Returns (merges, vocab, history): merges maps each merged pair to its new id (256, 257, ...,
@@ -53,8 +54,8 @@ def train_bpe(text, num_merges):
     return merges, vocab, history
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 23
-def tiny_encode(text, merges):
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 26
+def tiny_encode(text: str, merges: dict[tuple[int, int], int]) -> list[int]:
     """Encode text with merges learned by train_bpe: replay them, the earliest learned first."""
     ids = list(text.encode("utf-8"))
     while len(ids) > 1:
@@ -65,22 +66,22 @@ def tiny_encode(text, merges):
     return ids
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 27
-def load_encoder(path):
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 30
+def load_encoder(path: str | os.PathLike) -> dict[str, int]:
     """encoder.json: token string (in bytes_to_unicode characters) -> id, 50,257 entries."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
-def load_merges(path):
+def load_merges(path: str | os.PathLike) -> list[tuple[str, str]]:
     """vocab.bpe: the 50,000 merges in the order they were learned, as (left, right) pairs."""
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
     return [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 31
-def bytes_to_unicode():
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 34
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's table from each of the 256 byte values to a printable Unicode character.
 
     Bytes that are already printable, non-space characters (! to ~, and most of Latin-1) map to
@@ -99,13 +100,13 @@ def bytes_to_unicode():
     return table
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 35
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 38
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 39
-def bpe_merge(word, ranks, steps=None):
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 42
+def bpe_merge(word: str, ranks: dict[tuple[str, str], int], steps: list | None = None) -> list[str]:
     """Split word (a string of bytes_to_unicode characters) into GPT-2's BPE tokens.
 
     Starts from single characters and repeatedly merges the adjacent pair with the lowest rank
@@ -132,7 +133,7 @@ def bpe_merge(word, ranks, steps=None):
     return parts
 
 
-# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 43
+# %% notebooks/LLM-bpe-from-scratch.ipynb, cell 46
 class GPT2Tokenizer:
     """GPT-2's byte-level BPE, from its two published files' contents.
 
@@ -140,7 +141,7 @@ class GPT2Tokenizer:
     vocab.bpe in order. encode() gives the same ids as tiktoken.get_encoding("gpt2").
     """
 
-    def __init__(self, encoder, merges):
+    def __init__(self, encoder: dict[str, int], merges: list[tuple[str, str]]):
         self.encoder = dict(encoder)
         self.decoder = {i: token for token, i in self.encoder.items()}
         self.ranks = {pair: rank for rank, pair in enumerate(merges)}
@@ -151,14 +152,15 @@ class GPT2Tokenizer:
         self.cache = {}  # pre-token (as bytes_to_unicode characters) -> its ids
 
     @classmethod
-    def from_files(cls, encoder_json_path, vocab_bpe_path):
+    def from_files(cls, encoder_json_path: str | os.PathLike,
+                   vocab_bpe_path: str | os.PathLike) -> "GPT2Tokenizer":
         return cls(load_encoder(encoder_json_path), load_merges(vocab_bpe_path))
 
     @property
-    def n_vocab(self):
+    def n_vocab(self) -> int:
         return len(self.encoder)
 
-    def encode_ordinary(self, text):
+    def encode_ordinary(self, text: str) -> list[int]:
         """Text -> ids; special tokens in the text are encoded as ordinary text."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, got {type(text).__name__}; "
@@ -171,7 +173,7 @@ class GPT2Tokenizer:
             ids.extend(self.cache[word])
         return ids
 
-    def encode(self, text, allowed_special=frozenset()):
+    def encode(self, text: str, allowed_special: str | set[str] | frozenset[str] = frozenset()) -> list[int]:
         """Text -> ids. A special token in the text is an error unless allowed_special names it
         (or is "all"), as in tiktoken: user text must not smuggle in control tokens."""
         if not isinstance(text, str):
@@ -199,7 +201,7 @@ class GPT2Tokenizer:
                 ids.extend(self.encode_ordinary(chunk))
         return ids
 
-    def decode_bytes(self, ids):
+    def decode_bytes(self, ids: list[int]) -> bytes:
         """ids -> the bytes they stand for."""
         try:
             return bytes(self.byte_decoder[c] for i in ids for c in self.decoder[i])
@@ -207,7 +209,7 @@ class GPT2Tokenizer:
             raise ValueError(f"not a GPT-2 token id: {err.args[0]!r} "
                              f"(ids run from 0 to {self.n_vocab - 1})") from None
 
-    def decode(self, ids, errors="replace"):
+    def decode(self, ids: list[int], errors: str = "replace") -> str:
         """ids -> text. A token may hold part of a multi-byte character, so a slice of ids may
         not be valid UTF-8: errors="replace" (tiktoken's default) shows such bytes as '\ufffd'."""
         return self.decode_bytes(ids).decode("utf-8", errors=errors)

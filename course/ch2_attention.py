@@ -8,8 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# %% attention/LLM_attention.ipynb, cell 74
-def head_attention_weights(mha, x):
+# %% attention/LLM_attention.ipynb, cell 78
+def head_attention_weights(mha: "MultiHeadAttention", x: torch.Tensor) -> torch.Tensor:
     # The causal attention weights of every head: (b, num_heads, num_tokens, num_tokens).
     b, num_tokens, _ = x.shape
     queries = mha.W_query(x).view(b, num_tokens, mha.num_heads, mha.head_dim).transpose(1, 2)
@@ -18,7 +18,7 @@ def head_attention_weights(mha, x):
     return torch.softmax(scores / mha.head_dim**0.5, dim=-1)
 
 
-# %% attention/LLM_attention.ipynb, cell 91
+# %% attention/LLM_attention.ipynb, cell 97
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention: one matmul each for Q, K and V, split into heads.
 
@@ -26,7 +26,8 @@ class MultiHeadAttention(nn.Module):
     scaled_dot_product_attention, use_sdpa=False with the explicit masked softmax: the same
     function, at different speeds."""
 
-    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False, use_sdpa=True):
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float, num_heads: int,
+                 qkv_bias: bool = False, use_sdpa: bool = True):
         super().__init__()
         if d_out % num_heads != 0:
             raise ValueError(
@@ -48,12 +49,12 @@ class MultiHeadAttention(nn.Module):
             persistent=False,
         )
 
-    def split_heads(self, x):
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """(b, num_tokens, d_out) -> (b, num_heads, num_tokens, head_dim)"""
         b, num_tokens, _ = x.shape
         return x.view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def attend(self, queries, keys, values):
+    def attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Causal attention within one sequence: every token's weighted sum of the values of
         itself and the tokens before it, (b, num_heads, num_tokens, head_dim)."""
         if self.use_sdpa:
@@ -66,7 +67,7 @@ class MultiHeadAttention(nn.Module):
         attn_weights = torch.softmax(attn_scores / self.head_dim**0.5, dim=-1)
         return self.dropout(attn_weights) @ values
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, num_tokens, _ = x.shape
         if num_tokens > self.context_length:
             raise ValueError(

@@ -22,11 +22,11 @@ GPT_124M_CONFIG = {
 }
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 31
+# %% architecture/LLM-GPT-arch.ipynb, cell 35
 class FeedForward(nn.Module):
     """Expand each token to 4x the embedding size, apply GELU, project back."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: dict):
         super().__init__()
         self.layers = nn.Sequential(
             nn.Linear(cfg["emb_dim"], 4 * cfg["emb_dim"]),
@@ -34,15 +34,15 @@ class FeedForward(nn.Module):
             nn.Linear(4 * cfg["emb_dim"], cfg["emb_dim"]),
         )
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 41
+# %% architecture/LLM-GPT-arch.ipynb, cell 47
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: x + attention(norm(x)), then x + feed_forward(norm(x))."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: dict):
         super().__init__()
         self.att = MultiHeadAttention(
             d_in=cfg["emb_dim"], d_out=cfg["emb_dim"], context_length=cfg["context_length"],
@@ -53,14 +53,14 @@ class TransformerBlock(nn.Module):
         self.norm2 = LayerNorm(cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_shortcut(self.att(self.norm1(x)))
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 45
-def check_config(cfg):
+# %% architecture/LLM-GPT-arch.ipynb, cell 51
+def check_config(cfg: dict) -> None:
     """Fail early, naming the key, instead of with a shape error deep inside the model."""
     required = {"vocab_size": int, "context_length": int, "emb_dim": int, "n_heads": int,
                 "n_layers": int, "drop_rate": float, "qkv_bias": bool}
@@ -85,14 +85,14 @@ def check_config(cfg):
         )
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 46
+# %% architecture/LLM-GPT-arch.ipynb, cell 52
 class GPTModel(nn.Module):
     """Token + position embeddings -> n_layers transformer blocks -> final norm -> logits.
 
     cfg["tie_weights"] (optional, default False) shares one matrix between the token embedding
     and the output head, as GPT-2 does."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: dict):
         super().__init__()
         check_config(cfg)
         self.context_length = cfg["context_length"]  # the longest input, read by generation code
@@ -105,8 +105,8 @@ class GPTModel(nn.Module):
         if cfg.get("tie_weights", False):
             self.out_head.weight = self.tok_emb.weight  # one matrix at both ends, as in GPT-2
 
-    def check_token_ids(self, in_idx):
-        """Refuse what is not a (batch_size, num_tokens) tensor of ids this vocabulary has."""
+    def check_token_ids(self, in_idx: torch.Tensor) -> None:
+        """Refuse what is not a (batch_size, num_tokens) tensor of ids this vocabulary has, or has no token."""
         if not isinstance(in_idx, torch.Tensor) or in_idx.dim() != 2:
             shape = tuple(in_idx.shape) if isinstance(in_idx, torch.Tensor) else type(in_idx).__name__
             raise ValueError(
@@ -118,6 +118,12 @@ class GPTModel(nn.Module):
                 f"in_idx must hold whole-number token ids (torch.long), got dtype {in_idx.dtype}; "
                 f"token ids come from the tokenizer, e.g. torch.tensor(tokenizer.encode(text))."
             )
+        if in_idx.shape[1] == 0:
+            raise ValueError(
+                f"in_idx holds no tokens (shape {tuple(in_idx.shape)}): the model predicts the next "
+                f"token from at least one; start an empty prompt with a token, e.g. GPT-2's "
+                f"<|endoftext|> (id 50256)."
+            )
         vocab_size = self.tok_emb.num_embeddings
         if in_idx.numel() and (in_idx.min() < 0 or in_idx.max() >= vocab_size):
             raise ValueError(
@@ -126,7 +132,7 @@ class GPTModel(nn.Module):
                 f"model was built for (cfg['vocab_size'] = {vocab_size})."
             )
 
-    def forward(self, in_idx):
+    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
         self.check_token_ids(in_idx)
         seq_len = in_idx.shape[1]
         if seq_len > self.context_length:
@@ -143,7 +149,7 @@ class GPTModel(nn.Module):
         return self.out_head(x)  # (batch_size, seq_len, vocab_size)
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 62
+# %% architecture/LLM-GPT-arch.ipynb, cell 69
 GPT_FAMILY = {
     "gpt2-small (124M)": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},
     "gpt2-medium (355M)": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},
@@ -152,8 +158,9 @@ GPT_FAMILY = {
 }
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 68
-def generate_text_simple(model, idx, max_new_tokens, context_size):
+# %% architecture/LLM-GPT-arch.ipynb, cell 76
+def generate_text_simple(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
+                         context_size: int) -> torch.Tensor:
     """Greedy decoding: append the most likely next token, max_new_tokens times."""
     if context_size < 1:
         raise ValueError(
@@ -169,24 +176,24 @@ def generate_text_simple(model, idx, max_new_tokens, context_size):
     return idx
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 81
+# %% architecture/LLM-GPT-arch.ipynb, cell 90
 class LayerNorm(nn.Module):
     """Normalise each token's features to mean 0 and variance 1, then scale and shift.
     The formula of the chapter, computed by PyTorch's fused layer_norm kernel."""
 
-    def __init__(self, emb_dim, eps=1e-5):
+    def __init__(self, emb_dim: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
         self.scale = nn.Parameter(torch.ones(emb_dim))
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)  # biased variance
 
 
-# %% architecture/LLM-GPT-arch.ipynb, cell 82
+# %% architecture/LLM-GPT-arch.ipynb, cell 91
 class GELU(nn.Module):
     """GELU activation, tanh approximation (the one GPT-2 was trained with), in one fused kernel."""
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x, approximate="tanh")

@@ -154,14 +154,14 @@ def bpe_pieces():
 
 def embedding_lookup():
     fig, ax = _canvas(14, 4.6, "Token and position embeddings are added: the model's input")
-    grid(ax, 0.6, 3.6, [[40, 367, 2885, 1464]], cell=0.9, labels_top=["pos 0", "pos 1", "pos 2", "pos 3"])
-    note(ax, 2.4, 4.25, "token IDs (batch, tokens)")
-    tok = box(ax, 6.0, 3.15, "tok_emb: row of each ID\n(vocab_size × emb_dim)", "module", w=3.8, h=0.95)
-    pos = box(ax, 6.0, 1.45, "pos_emb: row of each position\n(context_length × emb_dim)", "module", w=3.8, h=0.95)
-    plus = box(ax, 9.2, 2.3, "+", "op", w=0.7, h=0.7, size=FONT + 4)
-    out = box(ax, 12.0, 2.3, "input embeddings\n(batch, tokens, emb_dim)", "data", w=3.4, h=0.95)
-    arrow(ax, (4.3, 3.15), tok)
-    arrow(ax, (2.4, 1.45), pos, "0, 1, 2, 3", text_offset=(-0.6, 0.05))
+    grid(ax, 0.4, 3.6, [[40, 367, 2885, 1464]], cell=0.9, labels_top=["pos 0", "pos 1", "pos 2", "pos 3"])
+    note(ax, 2.2, 4.25, "token IDs (batch, tokens)")
+    tok = box(ax, 7.0, 3.15, "tok_emb: row of each ID\n(vocab_size × emb_dim)", "module", w=3.8, h=0.95)
+    pos = box(ax, 7.0, 1.45, "pos_emb: row of each position\n(context_length × emb_dim)", "module", w=3.8, h=0.95)
+    plus = box(ax, 9.85, 2.3, "+", "op", w=0.7, h=0.7, size=FONT + 4)
+    out = box(ax, 12.25, 2.3, "input embeddings\n(batch, tokens, emb_dim)", "data", w=3.4, h=0.95)
+    arrow(ax, (4.05, 3.15), tok, "look up")  # from the IDs' right edge into tok_emb
+    arrow(ax, (2.2, 1.45), pos, "positions 0, 1, 2, 3", text_offset=(-0.5, 0.05))
     arrow(ax, tok, plus)
     arrow(ax, pos, plus)
     arrow(ax, plus, out)
@@ -230,13 +230,13 @@ def causal_mask():
 
 
 def head_split():
-    fig, ax = _canvas(15, 4.6, "Multi-head attention: split into heads with view/transpose, join again")
+    fig, ax = _canvas(15, 4.6, "Multi-head attention (here h = 2 heads): split with view/transpose, join again")
     a = box(ax, 1.4, 3.6, "W_query(x)\n(b, T, d_out)", "data", w=2.4, h=0.9)
     b = box(ax, 4.7, 3.6, ".view(b, T, h, head_dim)", "op", w=3.2, h=0.8)
     c = box(ax, 8.5, 3.6, ".transpose(1, 2)\n(b, h, T, head_dim)", "op", w=3.0, h=0.9)
     arrow(ax, a, b)
     arrow(ax, b, c)
-    heads = [box(ax, 7.2 + i * 1.3, 2.1, f"head {i}", "module", w=1.1, h=0.7, size=FONT - 2) for i in range(3)]
+    heads = [box(ax, 7.6 + i * 1.8, 2.1, f"head {i}", "module", w=1.3, h=0.7, size=FONT - 2) for i in range(2)]
     for hd in heads:
         arrow(ax, c, hd)
     note(ax, 11.5, 2.1, "each head: causal\nattention on head_dim", size=FONT - 2)
@@ -451,10 +451,11 @@ def gpt2_mapping():
 
 def bpe_training():
     fig, ax = _canvas(14, 4.2, "Training BPE: merge the most frequent adjacent pair, repeat")
+    # The merges train_bpe (chapter 1b) learns on this text: a tie goes to the pair seen first.
     rows = [("a a a b d a a a b a c", "start: one token per byte"),
-            ("Z a b d Z a b a c", "most frequent pair (a, a) becomes new token Z"),
-            ("Z Y d Z Y a c", "then (a, b) becomes Y"),
-            ("X d X a c", "then (Z, Y) becomes X")]
+            ("Z a b d Z a b a c", "(a, a), 4 times, becomes Z (left to right: a a a → Z a)"),
+            ("Y b d Y b a c", "(Z, a) and (a, b) tie at 2: the one seen first, (Z, a), becomes Y"),
+            ("X d X a c", "then (Y, b) becomes X = 'aaab'")]
     for i, (tokens, what) in enumerate(rows):
         y = 3.5 - i * 0.85
         box(ax, 3.6, y, tokens, "data" if i == 0 else "op", w=5.6, h=0.6, size=FONT - 1)

@@ -116,11 +116,11 @@ def test_matches_hand_computed_single_head(use_sdpa):
 
 
 def notebook_classes(*names):
-    """The classes as the chapter notebook teaches them (only the class definitions are run)."""
+    """The classes (and functions) as the chapter notebook teaches them (only their definitions run)."""
     namespace = {"torch": torch, "nn": nn, "F": F, "MultiHeadAttention": MultiHeadAttention}
     for cell in code_cells(NOTEBOOK):
         for node in ast.parse(python_of(cell)).body:
-            if isinstance(node, ast.ClassDef) and node.name in names:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name in names:
                 exec(compile(ast.Module(body=[node], type_ignores=[]), str(NOTEBOOK), "exec"), namespace)
     missing = [name for name in names if name not in namespace]
     assert not missing, f"the notebook does not define {missing}"
@@ -141,6 +141,22 @@ def test_wrapper_equals_efficient_mha_with_tied_weights(num_heads, head_dim, t):
         mha.out_proj.bias.zero_()
         x = torch.randn(3, t, d_in)
         torch.testing.assert_close(mha(x), wrapper(x), atol=1e-6, rtol=1e-5)
+
+
+def test_notebook_tie_weights_works_with_gradients_on():
+    """The notebook switches gradients off; its tie_weights must not depend on that."""
+    _, Wrapper, tie_weights = notebook_classes("CausalAttention", "MultiHeadAttentionWrapper", "tie_weights")
+    torch.manual_seed(5)
+    with torch.enable_grad():
+        wrapper = Wrapper(5, 3, 6, 0.0, 2).eval()
+        mha = make_mha(5, 6, 2, 6).eval()
+        tie_weights(wrapper, mha)  # an in-place copy into parameters that require grad
+        with torch.no_grad():
+            mha.out_proj.weight.copy_(torch.eye(6))
+            mha.out_proj.bias.zero_()
+        x = torch.randn(2, 6, 5)
+        torch.testing.assert_close(mha(x), wrapper(x), atol=1e-6, rtol=1e-5)
+    assert mha.W_query.weight.requires_grad
 
 
 def test_notebook_sdpa_variant_matches():

@@ -182,6 +182,19 @@ def test_unbatched_input_fails_with_a_clear_message():
         small_model()(torch.zeros(5, dtype=torch.long))
 
 
+def test_empty_input_fails_with_a_clear_message():
+    # Without the check, an empty sequence gives empty logits silently, and generation fails
+    # later inside torch.argmax with an error about a zero-size dimension.
+    with pytest.raises(ValueError, match=r"no tokens \(shape \(2, 0\)\).*<\|endoftext\|>"):
+        small_model()(torch.zeros(2, 0, dtype=torch.long))
+
+
+def test_generate_on_an_empty_prompt_fails_where_the_prompt_is_given():
+    with pytest.raises(ValueError, match="no tokens"):
+        generate_text_simple(small_model(), torch.zeros(1, 0, dtype=torch.long), 3,
+                             context_size=SMALL_CFG["context_length"])
+
+
 # --- bad configs fail at build time, naming the key ---------------------------------------------
 
 @pytest.mark.parametrize("key", list(GPT_124M_CONFIG))
