@@ -26,7 +26,8 @@ prepare_tiktoken_offline()
 
 # Chapter 5 continues the model that chapter 4 trains and saves. `--dist loadfile` keeps each
 # file's tests (a notebook's cells share one kernel) on one worker and, with xdist's reordering off,
-# hands out the files in collection order: chapter 4 among the first, chapter 5 last, long after.
+# hands out the files in collection order (pyproject.toml's testpaths): chapter 5 goes last, after
+# chapter 5b and stage 6, so chapter 4 has long finished.
 CHAPTER_5 = "post_training/LLM-saving-loading.ipynb"
 
 
