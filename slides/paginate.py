@@ -67,6 +67,9 @@ def read(notebook):
     if dumps(nb) != text:
         sys.exit(f"{notebook.relative_to(build.ROOT)} is not saved in nbformat's JSON layout, so rewriting "
                  "its metadata would change other bytes too: open and save it in Jupyter first.")
+    if not all(cell.get("id") for cell in nb["cells"]):
+        sys.exit(f"{notebook.relative_to(build.ROOT)} has cells without an id (nbformat < 4.5), so its "
+                 "deck's cells cannot be matched to them: save it with a current Jupyter first.")
     return nb
 
 
@@ -206,7 +209,7 @@ def report(chromium, notebooks, originals, current, written):
                           f"({slide['height']:.0f} px) {first_line(cell)!r}")
             if slide["fit"] < UNREADABLE:
                 unreadable.append(f"{notebook.relative_to(build.ROOT)} cell {index} (id {cell['id']}, "
-                                  f"slide {slide['slide']}, scaled {slide['fit']:.2f}): {first_line(cell)!r}")
+                                  f"slide {slide['slide']}, scaled {slide['fit']:.3f}): {first_line(cell)!r}")
         print(f"{notebook.relative_to(build.ROOT).as_posix():44} {slide_count(before):6} -> {slide_count(after):<6}"
               f"  {len(scaled)} scaled")
         for line in scaled:

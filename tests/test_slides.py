@@ -199,24 +199,27 @@ def test_deck_renders_in_chromium(decks, chromium, notebook):
 SLIDE_HEIGHTS = """new Promise(done => require(["lib/reveal.js/dist/reveal.js"], Reveal => {
   Reveal.configure({transition: 'none', backgroundTransition: 'none'});
   const height = Reveal.getConfig().height;  // the slide's height before reveal.js scales it to the screen
-  const tall = [];
+  const tall = [], squeezed = [];
   for (const slide of Reveal.getSlides()) {
     const at = Reveal.getIndices(slide);
-    Reveal.slide(at.h, at.v);
-    if (slide.scrollHeight > height) {
-      const heading = slide.querySelector('h1, h2, h3, h4');
-      tall.push({slide: `${at.h + 1}.${at.v + 1}`, height: slide.scrollHeight,
-                 starts: (heading ? heading.innerText : slide.innerText).trim().slice(0, 70)});
-    }
+    Reveal.slide(at.h, at.v);  // the template's script scales the slide now if it must
+    const heading = slide.querySelector('h1, h2, h3, h4');
+    const where = {slide: `${at.h + 1}.${at.v + 1}`, height: slide.scrollHeight, fit: slide.dataset.fit,
+                   starts: (heading ? heading.innerText : slide.innerText).trim().slice(0, 70)};
+    if (slide.scrollHeight > height) tall.push(where);
+    const cells = [...slide.querySelectorAll('.jp-Cell')].filter(cell => !cell.closest('aside.notes'));
+    if (slide.dataset.fit && cells.length > 1) squeezed.push(where);
   }
-  done({height, tall});
+  done({height, tall, squeezed});
 }))"""
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_slide_fits_a_1280x720_screen(decks, chromium, notebook):
     """No slide scrolls: each one's content, every fragment shown, fits the height reveal.js lays
-    it out in, and so a 1280x720 screen (reveal.js scales the whole slide to the screen)."""
+    it out in, and so a 1280x720 screen (reveal.js scales the whole slide to the screen). Only a
+    slide of one cell may be scaled down to fit (the template's script does it): several cells
+    that do not fit together belong on subslides of their own (slides/paginate.py puts them there)."""
     session, target, _ = open_deck(chromium, decks[notebook])
     try:
         chromium.call("Emulation.setDeviceMetricsOverride", session, width=1280, height=720,
@@ -226,6 +229,8 @@ def test_every_slide_fits_a_1280x720_screen(decks, chromium, notebook):
         chromium.call("Target.closeTarget", targetId=target)
     assert not found["tall"], (f"{notebook.name}: slides taller than {found['height']} px (split the cell, "
                                f"or start a subslide):\n" + "\n".join(map(str, found["tall"])))
+    assert not found["squeezed"], (f"{notebook.name}: slides of several cells scaled down to fit (run "
+                                   f"`python slides/paginate.py`):\n" + "\n".join(map(str, found["squeezed"])))
 
 
 def test_title_slide_screenshot(decks, chromium):
