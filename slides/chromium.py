@@ -177,3 +177,19 @@ def open_deck(browser, deck):
     return session, target, problems_in(browser.events[start:], session)
 
 
+
+
+def each_slide(browser, session, measure):
+    """Show each slide of the deck open in `session` in turn (no transition), wait until MathJax
+    has typeset it again (reveal.js has it re-render every slide it shows), then evaluate
+    `measure`, a JavaScript function of (slide, indices). Returns {"height": the layout height,
+    "slides": [what measure returned, per slide]}."""
+    reveal = "require('lib/reveal.js/dist/reveal.js')"  # loaded by the deck: require returns it
+    count = browser.evaluate(session, f"(() => {{ const Reveal = {reveal}; Reveal.configure({{transition: 'none', "
+                                      "backgroundTransition: 'none'}); return Reveal.getSlides().length; })()")
+    slides = [browser.evaluate(session, f"""new Promise(done => {{
+  const Reveal = {reveal}, slide = Reveal.getSlides()[{i}], at = Reveal.getIndices(slide);
+  Reveal.slide(at.h, at.v);
+  MathJax.Hub.Queue(() => done(({measure})(slide, at)));
+}})""") for i in range(count)]
+    return {"height": browser.evaluate(session, f"{reveal}.getConfig().height"), "slides": slides}

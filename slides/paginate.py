@@ -26,34 +26,27 @@ from pathlib import Path
 SLIDES = Path(__file__).resolve().parent
 sys.path.insert(0, str(SLIDES))
 import build  # noqa: E402
-from chromium import browser, open_deck  # noqa: E402
+from chromium import browser, each_slide, open_deck  # noqa: E402
 
 UNREADABLE = 0.6  # a slide scaled by less than this is too small to read: split its cell
 ROUNDS = 5        # build, measure, paginate; more rounds only if a prediction was off
 
-# Every slide of the deck, shown one after another with no transition: its height with every
+# Each slide of the deck, shown (slides/chromium.py's each_slide): its height with every
 # fragment laid out (reveal.js hides fragments with opacity, so they take their place), the
 # factor the template's script scaled it by, and where each cell starts and ends, in layout
 # pixels from the slide's top, measured at full size.
-MEASURE = """new Promise(done => require(["lib/reveal.js/dist/reveal.js"], Reveal => {
-  Reveal.configure({transition: 'none', backgroundTransition: 'none'});
-  const slides = [];
-  for (const slide of Reveal.getSlides()) {
-    const at = Reveal.getIndices(slide);
-    Reveal.slide(at.h, at.v);
-    const fit = slide.dataset.fit ? Number(slide.dataset.fit) : 1;
-    for (const part of slide.children) part.style.zoom = '';
-    const box = slide.getBoundingClientRect(), scale = box.height / slide.offsetHeight;
-    const cells = [...slide.querySelectorAll('.jp-Cell')].map(cell => {
-      const shown = cell.closest('details') || cell;  // a folded solution shows its summary
-      const r = shown.getBoundingClientRect();
-      return {id: cell.id.replace(/^cell-id=/, ''), top: (r.top - box.top) / scale,
-              bottom: (r.bottom - box.top) / scale};
-    });
-    slides.push({slide: `${at.h + 1}.${at.v + 1}`, height: slide.scrollHeight, fit, cells});
-  }
-  done({limit: Reveal.getConfig().height, slides});
-}))"""
+MEASURE = """(slide, at) => {
+  const fit = slide.dataset.fit ? Number(slide.dataset.fit) : 1;
+  for (const part of slide.children) part.style.zoom = '';
+  const box = slide.getBoundingClientRect(), scale = box.height / slide.offsetHeight;
+  const cells = [...slide.querySelectorAll('.jp-Cell')].map(cell => {
+    const shown = cell.closest('details') || cell;  // a folded solution shows its summary
+    const r = shown.getBoundingClientRect();
+    return {id: cell.id.replace(/^cell-id=/, ''), top: (r.top - box.top) / scale,
+            bottom: (r.bottom - box.top) / scale};
+  });
+  return {slide: `${at.h + 1}.${at.v + 1}`, height: slide.scrollHeight, fit, cells};
+}"""
 
 
 def dumps(nb):
@@ -84,7 +77,8 @@ def measure(chromium, deck):
             sys.exit(f"{deck.name} in Chromium:\n" + "\n".join(problems))
         chromium.call("Emulation.setDeviceMetricsOverride", session, width=1280, height=720,
                       deviceScaleFactor=1, mobile=False)
-        return chromium.evaluate(session, MEASURE, timeout=120)
+        measured = each_slide(chromium, session, MEASURE)
+        return {"limit": measured["height"], "slides": measured["slides"]}
     finally:
         chromium.call("Target.closeTarget", targetId=target)
 

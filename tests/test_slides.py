@@ -30,7 +30,7 @@ from notebook_tools import ROOT, all_notebooks
 
 sys.path.insert(0, str(ROOT / "slides"))
 from build import chapter_number, title_of  # noqa: E402
-from chromium import browser, executable, open_deck  # noqa: E402  (the driver slides/paginate.py uses too)
+from chromium import browser, each_slide, executable, open_deck  # noqa: E402  (the driver slides/paginate.py uses too)
 
 SLIDES = ROOT / "slides"
 BUILD = SLIDES / "build"
@@ -196,22 +196,12 @@ def test_deck_renders_in_chromium(decks, chromium, notebook):
         f"reveal.js counts {shown['number']!r} slides"
 
 
-SLIDE_HEIGHTS = """new Promise(done => require(["lib/reveal.js/dist/reveal.js"], Reveal => {
-  Reveal.configure({transition: 'none', backgroundTransition: 'none'});
-  const height = Reveal.getConfig().height;  // the slide's height before reveal.js scales it to the screen
-  const tall = [], squeezed = [];
-  for (const slide of Reveal.getSlides()) {
-    const at = Reveal.getIndices(slide);
-    Reveal.slide(at.h, at.v);  // the template's script scales the slide now if it must
-    const heading = slide.querySelector('h1, h2, h3, h4');
-    const where = {slide: `${at.h + 1}.${at.v + 1}`, height: slide.scrollHeight, fit: slide.dataset.fit,
-                   starts: (heading ? heading.innerText : slide.innerText).trim().slice(0, 70)};
-    if (slide.scrollHeight > height) tall.push(where);
-    const cells = [...slide.querySelectorAll('.jp-Cell')].filter(cell => !cell.closest('aside.notes'));
-    if (slide.dataset.fit && cells.length > 1) squeezed.push(where);
-  }
-  done({height, tall, squeezed});
-}))"""
+SLIDE_HEIGHTS = """(slide, at) => {
+  const heading = slide.querySelector('h1, h2, h3, h4');
+  const cells = [...slide.querySelectorAll('.jp-Cell')].filter(cell => !cell.closest('aside.notes'));
+  return {slide: `${at.h + 1}.${at.v + 1}`, height: slide.scrollHeight, fit: slide.dataset.fit,
+          cells: cells.length, starts: (heading ? heading.innerText : slide.innerText).trim().slice(0, 70)};
+}"""
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
@@ -224,9 +214,11 @@ def test_every_slide_fits_a_1280x720_screen(decks, chromium, notebook):
     try:
         chromium.call("Emulation.setDeviceMetricsOverride", session, width=1280, height=720,
                       deviceScaleFactor=1, mobile=False)
-        found = chromium.evaluate(session, SLIDE_HEIGHTS)
+        found = each_slide(chromium, session, SLIDE_HEIGHTS)
     finally:
         chromium.call("Target.closeTarget", targetId=target)
+    found["tall"] = [slide for slide in found["slides"] if slide["height"] > found["height"]]
+    found["squeezed"] = [slide for slide in found["slides"] if slide.get("fit") and slide["cells"] > 1]
     assert not found["tall"], (f"{notebook.name}: slides taller than {found['height']} px (split the cell, "
                                f"or start a subslide):\n" + "\n".join(map(str, found["tall"])))
     assert not found["squeezed"], (f"{notebook.name}: slides of several cells scaled down to fit (run "
