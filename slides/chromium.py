@@ -190,6 +190,7 @@ def each_slide(browser, session, measure):
     slides = [browser.evaluate(session, f"""new Promise(done => {{
   const Reveal = {reveal}, slide = Reveal.getSlides()[{i}], at = Reveal.getIndices(slide);
   Reveal.slide(at.h, at.v);
-  MathJax.Hub.Queue(() => done(({measure})(slide, at)));
+  // after the template's refit, which waits for the next frame
+  MathJax.Hub.Queue(() => requestAnimationFrame(() => setTimeout(() => done(({measure})(slide, at)))));
 }})""") for i in range(count)]
     return {"height": browser.evaluate(session, f"{reveal}.getConfig().height"), "slides": slides}
