@@ -17,6 +17,9 @@ to another machine as it is.
   a slide below it, "fragment" appears on the next key press, "notes" goes to the speaker view
   (press S), "skip" is left out. Exercise solutions (code cells hidden in JupyterLab) stay
   folded on the slide until clicked.
+- Every slide fits a 1280x720 screen: `python slides/paginate.py` starts a subslide wherever
+  cells would overflow one, and a slide whose one cell is too tall is scaled down to fit when
+  shown (the template's script).
 """
 import hashlib
 import html
@@ -101,9 +104,11 @@ def exporter():
     c.SlidesExporter.mathjax_url = f"{LIB}/mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
     c.SlidesExporter.reveal_theme = "white"
     c.SlidesExporter.reveal_number = "c/t"   # slide number / total, bottom right
-    c.SlidesExporter.reveal_scroll = True    # a slide taller than the screen scrolls
     c.SlidesExporter.exclude_input_prompt = True
     c.SlidesExporter.exclude_output_prompt = True
+    # A loop that prints as it goes stores one stream output per line; JupyterLab shows them as
+    # one block, and so does a slide (nbconvert would give each line an output area of its own).
+    c.CoalesceStreamsPreprocessor.enabled = True
     # A diagram cell's code (`diagrams.show("...")`) is for the notebook: a slide shows the picture.
     c.TagRemovePreprocessor.enabled = True
     c.TagRemovePreprocessor.remove_input_tags = {"diagram"}
@@ -150,18 +155,36 @@ a { color: #2a76dd; text-decoration: none; } a:hover { text-decoration: underlin
 p { color: #555; }"""
 
 
-def title_of(nb, notebook):
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
+def title_of(notebook):
+    """The notebook's title, the text of its first `# ` line, markdown emphasis removed:
+    "Chapter 4b · Making training fast" (every chapter's title has that style)."""
+    for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
+        if cell["cell_type"] == "markdown":
+            for line in "".join(cell["source"]).splitlines():
                 if line.startswith("# "):
-                    return line[2:].strip()
-    return notebook.stem
+                    return line[2:].strip().replace("*", "").replace("`", "")
+    sys.exit(f"{notebook.relative_to(ROOT)} has no '# ' title line")
+
+
+def index_title(notebook):
+    """The title as the index lists it, next to the chapter's number: "Chapter 4b · Making
+    training fast" -> "Making training fast"."""
+    title, prefix = title_of(notebook), f"Chapter {chapter_number(notebook)} · "
+    return title.removeprefix(prefix)
+
+
+def build_deck(notebook, slides_exporter):
+    """Write the notebook's deck into build/ (the assets must be there: build() puts them)."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    check_offline(nb, notebook)
+    body, _ = slides_exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
+    (BUILD / deck_name(notebook)).write_text(body, encoding="utf-8")
+    return BUILD / deck_name(notebook)
 
 
 def build():
-    import nbformat
-
     notebooks = course_order(all_notebooks())
     names = [deck_name(nb) for nb in notebooks]
     if len(set(names)) != len(names):
@@ -175,13 +198,10 @@ def build():
     slides_exporter = exporter()
     links = []
     for notebook in notebooks:
-        nb = nbformat.read(notebook, as_version=4)
-        check_offline(nb, notebook)
-        body, _ = slides_exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
-        (BUILD / deck_name(notebook)).write_text(body, encoding="utf-8")
+        deck = build_deck(notebook, slides_exporter)
         links.append(f'<li><span class="number">{chapter_number(notebook)}</span>'
-                     f'<a href="{deck_name(notebook)}">{html.escape(title_of(nb, notebook))}</a></li>')
-        print(f"{notebook.relative_to(ROOT)} -> {(BUILD / deck_name(notebook)).relative_to(ROOT)}")
+                     f'<a href="{deck.name}">{html.escape(index_title(notebook))}</a></li>')
+        print(f"{notebook.relative_to(ROOT)} -> {deck.relative_to(ROOT)}")
     (BUILD / "index.html").write_text(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>Course slides</title>\n"
         f"<link rel=\"stylesheet\" href=\"{LIB}/reveal.js/dist/theme/fonts/source-sans-pro/source-sans-pro.css\">\n"

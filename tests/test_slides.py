@@ -1,25 +1,25 @@
 """The slide decks (slides/build.py): one per chapter, offline, and they render in a browser.
 
 Builds every deck with the documented command, checks each deck's HTML against its notebook's
-slide metadata, then opens each deck from file:// in headless Chromium, driven through the
-Chrome DevTools Protocol over a pipe (standard library only), and requires: the first slide
-shown, no console error or uncaught exception, not one request that leaves the disk, and
-reveal.js counting the slides the notebook declares. A screenshot of the first deck's title
-slide is written to slides/build/title-slide.png.
+slide metadata and each chapter's title against the one style ("Chapter N · Title"), then opens
+each deck from file:// in headless Chromium, driven through the Chrome DevTools Protocol over a
+pipe (slides/chromium.py, standard library only), and requires: the first slide shown, no
+console error or uncaught exception, not one request that leaves the disk, reveal.js counting
+the slides the notebook declares, and every slide fitting a 1280x720 screen (a failure there:
+run `python slides/paginate.py`). A screenshot of the first deck's title slide is written to
+slides/build/title-slide.png.
 
 Needs Node.js/npm (the first build runs `npm ci` in slides/) and Chromium (Debian: apt-get
 install chromium). Without them these tests skip locally and FAIL under CI (env var CI set).
 """
 import base64
-import fcntl
+import html
 import json
 import re
 import os
-import select
 import shutil
 import subprocess
 import sys
-import time
 from html.parser import HTMLParser
 
 import pytest
@@ -28,14 +28,14 @@ pytestmark = pytest.mark.slow  # builds the decks with npm and renders them in C
 
 from notebook_tools import ROOT, all_notebooks
 
+sys.path.insert(0, str(ROOT / "slides"))
+from build import chapter_number, title_of  # noqa: E402
+from chromium import browser, each_slide, executable, open_deck  # noqa: E402  (the driver slides/paginate.py uses too)
+
 SLIDES = ROOT / "slides"
 BUILD = SLIDES / "build"
 NOTEBOOKS = all_notebooks()
 SCREENSHOT = BUILD / "title-slide.png"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1280,720"]
-LOCAL_SCHEMES = ("file:", "data:", "about:", "blob:")
 
 
 def missing(what):
@@ -52,17 +52,6 @@ def deck_of(notebook):
 def slide_types(notebook):
     nb = json.loads(notebook.read_text(encoding="utf-8"))
     return [c["metadata"].get("slideshow", {}).get("slide_type", "-") for c in nb["cells"]]
-
-
-def title_of(notebook):
-    """The text of the notebook's `# ` title line, markdown emphasis removed."""
-    nb = json.loads(notebook.read_text(encoding="utf-8"))
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "markdown":
-            for line in "".join(cell["source"]).splitlines():
-                if line.startswith("# "):
-                    return line[2:].strip().replace("*", "").replace("`", "")
-    raise AssertionError(f"{notebook.name} has no '# ' title")
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +104,21 @@ def test_the_index_lists_the_chapters_in_course_order_with_the_readmes_numbers(d
     index = (BUILD / "index.html").read_text(encoding="utf-8")
     numbers = re.findall(r'<span class="number">([0-9a-z]+)</span>', index)
     assert numbers == ["1", "1b", "2", "3", "4", "4b", "4c", "5", "6a", "6b", "6c"], numbers
+    # Each entry: the chapter's number, then its title without the "Chapter N · " it repeats.
+    titles = re.findall(r'</span><a href="[^"]+">([^<]*)</a>', index)
+    assert titles == [html.escape(title_of(nb).removeprefix(f"Chapter {chapter_number(nb)} · "))
+                      for nb in sorted(NOTEBOOKS, key=lambda nb: numbers.index(chapter_number(nb)))], titles
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for number in numbers:
         assert f"| {number} · " in readme, f"the README's chapter table has no row {number}"
+
+
+def test_deck_titles_in_one_style():
+    """Every chapter's title, the first slide of its deck, reads "Chapter N · Title" with N its
+    number in the README (and the index lists it as N and the Title)."""
+    wrong = [f"{nb.relative_to(ROOT)}: {title_of(nb)!r}" for nb in NOTEBOOKS
+             if not re.fullmatch(rf"Chapter {re.escape(chapter_number(nb))} · \S.*", title_of(nb))]
+    assert not wrong, "titles not in the style '# Chapter N · Title':\n" + "\n".join(wrong)
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
@@ -159,125 +160,14 @@ def test_solutions_are_folded(decks, notebook):
     assert DeckHTML(decks[notebook].read_text(encoding="utf-8")).solutions == len(hidden)
 
 
-# --- Chromium, driven through the DevTools protocol on a pipe ------------------------------------
-
-class Chromium:
-    """A headless Chromium whose DevTools protocol runs over fds 3 (commands) and 4 (replies):
-    JSON messages ended by a NUL byte (--remote-debugging-pipe)."""
-
-    def __init__(self, executable, profile, log):
-        to_chrome_r, self._to_chrome = os.pipe()
-        self._from_chrome, from_chrome_w = os.pipe()
-
-        def wire_fds():  # in the child: fd 3 reads our commands, fd 4 writes the replies
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_chrome_r, from_chrome_w)]
-            os.dup2(high[0], 3)
-            os.dup2(high[1], 4)
-
-        self.proc = subprocess.Popen(
-            [executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe",
-             "about:blank"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            preexec_fn=wire_fds, close_fds=False)
-        os.close(to_chrome_r)
-        os.close(from_chrome_w)
-        self._buffer = b""
-        self._next_id = 0
-        self.events = []
-
-    def _message(self, deadline):
-        while b"\0" not in self._buffer:
-            ready, _, _ = select.select([self._from_chrome], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise TimeoutError("Chromium did not answer in time")
-            chunk = os.read(self._from_chrome, 1 << 20)
-            if not chunk:
-                raise RuntimeError("Chromium closed the DevTools pipe (did it crash? see its log)")
-            self._buffer += chunk
-        message, _, self._buffer = self._buffer.partition(b"\0")
-        return json.loads(message)
-
-    def call(self, method, session=None, timeout=30, **params):
-        self._next_id += 1
-        message = {"id": self._next_id, "method": method, "params": params}
-        if session:
-            message["sessionId"] = session
-        data = json.dumps(message).encode() + b"\0"
-        while data:
-            data = data[os.write(self._to_chrome, data):]
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self._message(deadline)
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply["result"]
-            self.events.append(reply)
-
-    def wait_for(self, method, session, timeout=30):
-        """Wait for the event `method` of `session` (one already received counts)."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for event in self.events[seen:]:
-                if event.get("method") == method and event.get("sessionId") == session:
-                    return event["params"]
-            seen = len(self.events)
-            self.events.append(self._message(deadline))
-
-    def evaluate(self, session, expression, timeout=30):
-        result = self.call("Runtime.evaluate", session, timeout=timeout, expression=expression,
-                           awaitPromise=True, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def close(self):
-        try:
-            self.call("Browser.close", timeout=5)
-        except (OSError, RuntimeError, TimeoutError):
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._to_chrome)
-        os.close(self._from_chrome)
-
+# --- In Chromium (slides/chromium.py) -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory):
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
+    if executable() is None:
         missing("Chromium is not installed (Debian: apt-get install chromium)")
-    folder = tmp_path_factory.mktemp("chromium")
-    with open(folder / "chromium.log", "wb") as log:
-        browser = Chromium(executable, folder / "profile", log)
-        try:
-            browser.call("Browser.getVersion", timeout=60)
-            yield browser
-        finally:
-            browser.close()
-
-
-def problems_in(events, session):
-    """Console errors, uncaught exceptions and requests that leave the disk, from a page's events."""
-    found = []
-    for event in events:
-        if event.get("sessionId") != session:
-            continue
-        method, params = event.get("method"), event.get("params", {})
-        if method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
-            args = [str(a.get("value", a.get("description", ""))) for a in params.get("args", [])]
-            found.append("console." + params["type"] + ": " + " ".join(args))
-        elif method == "Runtime.exceptionThrown":
-            details = params["exceptionDetails"]
-            found.append("uncaught: " + details.get("exception", {}).get("description", details.get("text", "")))
-        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-            found.append(f"log: {params['entry']['text']} {params['entry'].get('url', '')}")
-        elif method == "Network.requestWillBeSent" and not params["request"]["url"].startswith(LOCAL_SCHEMES):
-            found.append("network request: " + params["request"]["url"])
-    return found
+    with browser(tmp_path_factory.mktemp("chromium")) as started:
+        yield started
 
 
 SHOWN_SLIDE = """(() => {
@@ -288,31 +178,6 @@ SHOWN_SLIDE = """(() => {
   return {isFirst: shown !== null && shown === first, text: shown ? shown.innerText : '',
           width: box.width, height: box.height, number: number ? number.innerText : ''};
 })()"""
-
-
-def open_deck(browser, deck):
-    """Open `deck` in a new tab; wait until reveal.js is ready, MathJax has typeset the page and
-    the fonts have loaded. Returns (session, target, problems)."""
-    target = browser.call("Target.createTarget", url="about:blank")["targetId"]
-    session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-    for domain in ("Runtime", "Log", "Network", "Page"):
-        browser.call(f"{domain}.enable", session)
-    start = len(browser.events)
-    browser.call("Page.navigate", session, url=deck.as_uri())
-    browser.wait_for("Page.loadEventFired", session)
-    deadline = time.monotonic() + 30
-    while not browser.evaluate(session, "document.querySelector('.reveal.ready') !== null"):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{deck.name}: reveal.js never became ready; "
-                                 f"{problems_in(browser.events[start:], session)}")
-        time.sleep(0.1)
-    browser.evaluate(session, "new Promise(done => MathJax.Hub.Queue(() => done(true)))")
-    # Load every font the page declares (MathJax's and the theme's), not only the first
-    # slide's: a font file missing from slides/build/lib/ shows up as a failed load.
-    browser.evaluate(session, "Promise.all([...document.fonts].map(f => f.load().catch(() => null)))"
-                              ".then(() => true)")
-    browser.call("Runtime.evaluate", session, expression="1")  # let pending events arrive
-    return session, target, problems_in(browser.events[start:], session)
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
@@ -331,36 +196,33 @@ def test_deck_renders_in_chromium(decks, chromium, notebook):
         f"reveal.js counts {shown['number']!r} slides"
 
 
-SLIDE_HEIGHTS = """new Promise(done => require(["lib/reveal.js/dist/reveal.js"], Reveal => {
-  Reveal.configure({transition: 'none', backgroundTransition: 'none'});
-  const height = Reveal.getConfig().height;  // the slide's height before reveal.js scales it to the screen
-  const tall = [];
-  for (const slide of Reveal.getSlides()) {
-    const at = Reveal.getIndices(slide);
-    Reveal.slide(at.h, at.v);
-    if (slide.scrollHeight > height) {
-      const heading = slide.querySelector('h1, h2, h3, h4');
-      tall.push({slide: `${at.h + 1}.${at.v + 1}`, height: slide.scrollHeight,
-                 starts: (heading ? heading.innerText : slide.innerText).trim().slice(0, 70)});
-    }
-  }
-  done({height, tall});
-}))"""
+SLIDE_HEIGHTS = """(slide, at) => {
+  const heading = slide.querySelector('h1, h2, h3, h4');
+  const cells = [...slide.querySelectorAll('.jp-Cell')].filter(cell => !cell.closest('aside.notes'));
+  return {slide: `${at.h + 1}.${at.v + 1}`, height: slide.scrollHeight, fit: slide.dataset.fit,
+          cells: cells.length, starts: (heading ? heading.innerText : slide.innerText).trim().slice(0, 70)};
+}"""
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_slide_fits_a_1280x720_screen(decks, chromium, notebook):
     """No slide scrolls: each one's content, every fragment shown, fits the height reveal.js lays
-    it out in, and so a 1280x720 screen (reveal.js scales the whole slide to the screen)."""
+    it out in, and so a 1280x720 screen (reveal.js scales the whole slide to the screen). Only a
+    slide of one cell may be scaled down to fit (the template's script does it): several cells
+    that do not fit together belong on subslides of their own (slides/paginate.py puts them there)."""
     session, target, _ = open_deck(chromium, decks[notebook])
     try:
         chromium.call("Emulation.setDeviceMetricsOverride", session, width=1280, height=720,
                       deviceScaleFactor=1, mobile=False)
-        found = chromium.evaluate(session, SLIDE_HEIGHTS)
+        found = each_slide(chromium, session, SLIDE_HEIGHTS)
     finally:
         chromium.call("Target.closeTarget", targetId=target)
+    found["tall"] = [slide for slide in found["slides"] if slide["height"] > found["height"]]
+    found["squeezed"] = [slide for slide in found["slides"] if slide.get("fit") and slide["cells"] > 1]
     assert not found["tall"], (f"{notebook.name}: slides taller than {found['height']} px (split the cell, "
                                f"or start a subslide):\n" + "\n".join(map(str, found["tall"])))
+    assert not found["squeezed"], (f"{notebook.name}: slides of several cells scaled down to fit (run "
+                                   f"`python slides/paginate.py`):\n" + "\n".join(map(str, found["squeezed"])))
 
 
 def test_title_slide_screenshot(decks, chromium):
