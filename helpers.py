@@ -42,7 +42,8 @@ from course.ch5_saving import (GPT2_SIZES, assign_weight, gpt2_config, gpt2_weig
 from course.ch5b_modern import (SMOLLM2_135M_CONFIG, SMOLLM2_GGUF, SYSTEM_PROMPT, GroupedQueryAttention,
                                 LeftPadded, LlamaBlock, LlamaModel, RMSNorm, SmolLM2Tokenizer, SwiGLU,
                                 apply_rope, chat, chat_prompt, generate_batch, gguf_config, gguf_state_dict,
-                                load_gguf, load_smollm2, pairs_to_halves, read_gguf, rope_angles)
+                                load_gguf, load_smollm2, pairs_to_halves, read_gguf, rope_angles,
+                                to_hugging_face)
 # 6a Classification: finetune/LLM-finetune-classification.ipynb -> course/ch6a_classification.py
 from course.ch6a_classification import (BASE_RECIPE, BOOK_FINETUNE, STAND_IN_CONFIG, STAND_IN_FINETUNE,
                                         CompactTokenizer, SpamDataset, base_model_path,

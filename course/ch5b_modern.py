@@ -360,7 +360,37 @@ def load_smollm2(device="cpu"):
     return load_gguf(get_data_file(SMOLLM2_GGUF), device)
 
 
-# %% post_training/LLM-modern-open-model.ipynb, cell 79
+# %% post_training/LLM-modern-open-model.ipynb, cell 75
+def to_hugging_face(model, cfg):
+    """transformers' LlamaForCausalLM with model's weights (shared, not copied), W_q and W_k
+    reordered from pairs to halves: an independent implementation to check ours against."""
+    from transformers import LlamaConfig, LlamaForCausalLM  # imported only when needed
+
+    hf_cfg = LlamaConfig(vocab_size=cfg["vocab_size"], hidden_size=cfg["emb_dim"], intermediate_size=cfg["hidden_dim"],
+                         num_hidden_layers=cfg["n_layers"], num_attention_heads=cfg["n_heads"],
+                         num_key_value_heads=cfg["n_kv_heads"], max_position_embeddings=cfg["context_length"],
+                         rms_norm_eps=cfg["norm_eps"], rope_theta=cfg["rope_base"],
+                         tie_word_embeddings=cfg["tie_weights"])
+    state = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.final_norm.scale,
+             "lm_head.weight": model.out_head.weight}
+    for i, block in enumerate(model.trf_blocks):
+        ours = {"self_attn.q_proj": pairs_to_halves(block.att.W_query.weight, cfg["n_heads"]),
+                "self_attn.k_proj": pairs_to_halves(block.att.W_key.weight, cfg["n_kv_heads"]),
+                "self_attn.v_proj": block.att.W_value.weight, "self_attn.o_proj": block.att.out_proj.weight,
+                "mlp.gate_proj": block.ff.gate.weight, "mlp.up_proj": block.ff.up.weight,
+                "mlp.down_proj": block.ff.down.weight, "input_layernorm": block.norm1.scale,
+                "post_attention_layernorm": block.norm2.scale}
+        state.update({f"model.layers.{i}.{name}.weight": tensor for name, tensor in ours.items()})
+    with torch.device("meta"):  # shapes only: the weights come from ours
+        hf = LlamaForCausalLM(hf_cfg)
+    hf.load_state_dict({name: t.detach() for name, t in state.items()}, assign=True)
+    if cfg["tie_weights"]:
+        hf.tie_weights()
+    hf.model.rotary_emb = type(hf.model.rotary_emb)(config=hf_cfg)  # its RoPE tables, on the CPU
+    return hf.eval()
+
+
+# %% post_training/LLM-modern-open-model.ipynb, cell 80
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # SmolLM2's default
 
 
@@ -378,7 +408,7 @@ def chat_prompt(messages, add_generation_prompt=True):
     return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
-# %% post_training/LLM-modern-open-model.ipynb, cell 82
+# %% post_training/LLM-modern-open-model.ipynb, cell 83
 class LeftPadded(nn.Module):
     """model seen through a batch of left-padded rows: forward() adds the padding mask, for any
     number of cached tokens, so chapter 4b's generate() drives it with the KV cache."""

@@ -597,21 +597,20 @@ def show(name):
 # --- Chapter 5b: modern open models ------------------------------------------------------------
 
 def gpt2_vs_llama_block():
-    fig, ax = _canvas(14, 7.2, "GPT-2's block and the Llama block (SmolLM2)")
+    fig, ax = _canvas(14, 7.8, "GPT-2's block and the Llama block (SmolLM2)")
     rows = [("x", "data"), ("norm", "module"), ("attention", "module"), ("+ x", "op"),
             ("norm", "module"), ("feed-forward", "module"), ("+", "op")]
     gpt2 = ["x (tokens + positions)", "LayerNorm", "MultiHeadAttention\n12 heads, with biases",
             "dropout, + shortcut", "LayerNorm", "Linear → GELU → Linear", "dropout, + shortcut"]
     llama = ["x (tokens only)", "RMSNorm", "GroupedQueryAttention\n9 query / 3 KV heads, RoPE",
              "+ shortcut", "RMSNorm", "SwiGLU: down(silu(gate) × up)", "+ shortcut"]
-    changed = [True, True, True, True, True, True, True]
     for col, (x, labels) in enumerate([(3.4, gpt2), (10.6, llama)]):
-        boxes = [box(ax, x, 6.2 - i * 0.92, label, kind if not (col and changed[i] and kind == "module") else "loss",
+        boxes = [box(ax, x, 6.7 - i * 0.92, label, "loss" if col and kind == "module" else kind,
                      w=5.2, h=0.72, size=FONT - 2) for i, (label, (_, kind)) in enumerate(zip(labels, rows))]
         for a, b in zip(boxes, boxes[1:]):
             arrow(ax, a, b)
-    note(ax, 3.4, 6.95, "GPT-2 (chapter 3)", size=FONT, color="#1a1a1a")
-    note(ax, 10.6, 6.95, "Llama family (this chapter)", size=FONT, color="#1a1a1a")
+    note(ax, 3.4, 7.45, "GPT-2 (chapter 3)", size=FONT, color="#1a1a1a")
+    note(ax, 10.6, 7.45, "Llama family (this chapter)", size=FONT, color="#1a1a1a")
     note(ax, 7.0, 0.25, "red: swapped parts; no biases, no dropout; positions enter as rotations inside attention",
          size=FONT - 2)
     return fig
