@@ -334,9 +334,10 @@ def gguf_state_dict(reader):
     return state
 
 
-def load_gguf(path, device="cpu"):
-    """(LlamaModel with the file's weights, in eval mode, float32, its tokenizer) from a GGUF file."""
-    reader = read_gguf(path)
+def load_gguf(path_or_reader, device="cpu"):
+    """(LlamaModel with the file's weights, in eval mode, float32, its tokenizer) from a GGUF file
+    (its path, or the GGUFReader read_gguf made of it)."""
+    reader = path_or_reader if hasattr(path_or_reader, "tensors") else read_gguf(path_or_reader)
     cfg = gguf_config(reader)
     state = gguf_state_dict(reader)
     if cfg["tie_weights"]:
@@ -360,7 +361,7 @@ def load_smollm2(device="cpu"):
     return load_gguf(get_data_file(SMOLLM2_GGUF), device)
 
 
-# %% post_training/LLM-modern-open-model.ipynb, cell 75
+# %% post_training/LLM-modern-open-model.ipynb, cell 76
 def to_hugging_face(model, cfg):
     """transformers' LlamaForCausalLM with model's weights (shared, not copied), W_q and W_k
     reordered from pairs to halves: an independent implementation to check ours against."""
@@ -390,7 +391,7 @@ def to_hugging_face(model, cfg):
     return hf.eval()
 
 
-# %% post_training/LLM-modern-open-model.ipynb, cell 80
+# %% post_training/LLM-modern-open-model.ipynb, cell 81
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # SmolLM2's default
 
 
@@ -408,7 +409,7 @@ def chat_prompt(messages, add_generation_prompt=True):
     return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
-# %% post_training/LLM-modern-open-model.ipynb, cell 83
+# %% post_training/LLM-modern-open-model.ipynb, cell 84
 class LeftPadded(nn.Module):
     """model seen through a batch of left-padded rows: forward() adds the padding mask, for any
     number of cached tokens, so chapter 4b's generate() drives it with the KV cache."""
