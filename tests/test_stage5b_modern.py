@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import helpers
-from helpers import (SMOLLM2_135M_CONFIG, SMOLLM2_GGUF, CheckpointError, DataFileError, LlamaModel, chat_prompt,
-                     generate_batch, get_data_file, load_gguf, pairs_to_halves)
+from helpers import CheckpointError, DataFileError, LlamaModel, chat_prompt, generate_batch, get_data_file, load_gguf
 from course.ch4_training import generate as generate_uncached
+from course.ch5b_modern import SMOLLM2_GGUF, pairs_to_halves, read_gguf
 
 transformers = pytest.importorskip("transformers")
 
@@ -181,7 +181,7 @@ def test_bad_configs_are_clear_errors(change, message):
 
 def test_chat_prompt_is_the_files_jinja_template():
     jinja2 = pytest.importorskip("jinja2")
-    reader = helpers.read_gguf(get_data_file(SMOLLM2_GGUF))
+    reader = read_gguf(get_data_file(SMOLLM2_GGUF))
     template = jinja2.Template(reader.fields["tokenizer.chat_template"].contents())
     conversations = [
         [{"role": "user", "content": "Hi!"}],
@@ -206,7 +206,7 @@ def reference_tokenizer_from_file(path):
     """tokenizers set up as SmolLM2's tokenizer.json, from the vocabulary and merges in the file."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    fields = helpers.read_gguf(path).fields
+    fields = read_gguf(path).fields
     tokens = fields["tokenizer.ggml.tokens"].contents()
     kinds = fields["tokenizer.ggml.token_type"].contents()
     merges = [tuple(m.split(" ")) for m in fields["tokenizer.ggml.merges"].contents()]

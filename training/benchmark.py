@@ -49,7 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 from helpers import (GPT_124M_CONFIG, GPT_SMALL_CONFIG, GELU, GPTModel, GPTModelWithCache, LayerNorm,  # noqa: E402
                      MixedPrecisionModel, MultiHeadAttention, generate, has_native_bf16, make_adamw)
-from helpers import SMOLLM2_135M_CONFIG, chat_prompt, load_smollm2, to_hugging_face  # noqa: E402 (chapter 5b)
+from helpers import SMOLLM2_135M_CONFIG, chat_prompt, load_smollm2  # noqa: E402 (chapter 5b)
+from course.ch5b_modern import to_hugging_face  # noqa: E402 (chapter 5b's check against transformers)
 
 LOSS_TOLERANCE = 0.05  # nats: bfloat16's loss after the same steps as float32's, at most this far off
 TINY_CONFIG = {  # --quick: a stand-in for the 124M model
