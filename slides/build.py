@@ -138,7 +138,7 @@ def chapter_number(notebook):
 
 
 def course_order(notebooks):
-    """Chapters in the README's order: 1, 1b, 2, 3, 4, 4b, 4c, 5, 6a, 6b, 6c."""
+    """Chapters in the README's order: 1, 1b, 2, 3, 4, 4b, 4c, 5, 5b, 6a, 6b, 6c."""
     def key(notebook):
         number = chapter_number(notebook)
         digits = "".join(ch for ch in number if ch.isdigit())

@@ -103,7 +103,7 @@ def test_one_deck_per_chapter(decks):
 def test_the_index_lists_the_chapters_in_course_order_with_the_readmes_numbers(decks):
     index = (BUILD / "index.html").read_text(encoding="utf-8")
     numbers = re.findall(r'<span class="number">([0-9a-z]+)</span>', index)
-    assert numbers == ["1", "1b", "2", "3", "4", "4b", "4c", "5", "6a", "6b", "6c"], numbers
+    assert numbers == ["1", "1b", "2", "3", "4", "4b", "4c", "5", "5b", "6a", "6b", "6c"], numbers
     # Each entry: the chapter's number, then its title without the "Chapter N · " it repeats.
     titles = re.findall(r'</span><a href="[^"]+">([^<]*)</a>', index)
     assert titles == [html.escape(title_of(nb).removeprefix(f"Chapter {chapter_number(nb)} · "))

@@ -16,7 +16,10 @@ every variant alike) as median and min-max over the rounds:
 3. the attention variants of chapter 2 (loop of heads, explicit masked softmax, fused
    scaled_dot_product_attention) as time ratios to the fused one;
 4. greedy generation tokens/s of 200 new tokens on the 124M model, with and without the KV cache,
-   in float32 and under bfloat16 autocast.
+   in float32 and under bfloat16 autocast;
+5. (not with --quick; alone with --only smollm2) chapter 5b's SmolLM2-135M-Instruct: greedy
+   generation tokens/s of our LlamaModel with chapter 4b's KV cache next to transformers'
+   generate() on the same weights, and whether both give the same tokens.
 
 Model FLOPs per training step = 6 * N * tokens + 12 * n_layers * emb_dim * T * tokens, where N is
 the number of weights in the matrices the tokens are multiplied by (every nn.Linear, including
@@ -47,6 +50,8 @@ sys.path.insert(0, str(ROOT))
 
 from helpers import (GPT_124M_CONFIG, GPT_SMALL_CONFIG, GELU, GPTModel, GPTModelWithCache, LayerNorm,  # noqa: E402
                      MixedPrecisionModel, MultiHeadAttention, generate, has_native_bf16, make_adamw)
+from helpers import SMOLLM2_135M_CONFIG, chat_prompt, load_smollm2  # noqa: E402 (chapter 5b)
+from course.ch5b_modern import to_hugging_face  # noqa: E402 (chapter 5b's check against transformers)
 
 LOSS_TOLERANCE = 0.05  # nats: bfloat16's loss after the same steps as float32's, at most this far off
 TINY_CONFIG = {  # --quick: a stand-in for the 124M model
@@ -298,6 +303,34 @@ def bench_generation(cfg, label, prompt_len, new_tokens, rounds, device, bf16):
               f"{100 * same:.0f}% of its tokens equal float32's (greedy, untrained model: rounding can flip a near-tie)")
 
 
+def bench_smollm2(new_tokens, rounds, device):
+    """Chapter 5b: SmolLM2-135M-Instruct's cached greedy generation, ours (chapter 4b's generate()
+    on LlamaModel) next to transformers' generate() on the same weights (to_hugging_face)."""
+    print(f"\n== SmolLM2-135M-Instruct (chapter 5b), float32: greedy, {new_tokens} new tokens after a chat prompt")
+    model, tokenizer = load_smollm2(device)
+    hf = to_hugging_face(model, SMOLLM2_135M_CONFIG).to(device)
+    prompt = torch.tensor([tokenizer.encode(chat_prompt([{"role": "user", "content": "Tell me about the sea."}]),
+                                            allowed_special="all")], device=device)
+    outputs = {}
+
+    def ours():
+        outputs["ours"] = generate(model, prompt, new_tokens, model.context_length)[0, prompt.shape[1]:]
+
+    def theirs():
+        with torch.no_grad():
+            outputs["transformers"] = hf.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                                  do_sample=False, pad_token_id=tokenizer.pad_id)[0, prompt.shape[1]:]
+
+    times = interleaved({"ours (LlamaModel + 4b's KV cache)": ours, "transformers generate()": theirs},
+                        rounds, device, warmup=1)
+    speed = {name: statistics.median([new_tokens / t for t in ts]) for name, ts in times.items()}
+    for name, ts in times.items():
+        print(f"   {name:<36} {spread([new_tokens / t for t in ts], '{:,.1f}'):>20} tokens/s")
+    first, second = speed.values()
+    print(f"   ours / transformers: {first / second:.2f}x; identical tokens: "
+          f"{torch.equal(outputs['ours'], outputs['transformers'])}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -306,7 +339,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per section (default 5; 2 with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--only", choices=["train", "attention", "generate"], action="append",
+    parser.add_argument("--only", choices=["train", "attention", "generate", "smollm2"], action="append",
                         help="run only these sections (repeatable)")
     parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                         help="bfloat16 rows: auto (default) where the device has native bfloat16, "
@@ -341,6 +374,8 @@ def main():
     if "generate" in sections:
         bench_generation(big, big_label, prompt_len=4, new_tokens=10 if args.quick else 200,
                          rounds=min(rounds, 3), device=device, bf16=bf16)
+    if "smollm2" in sections or not (args.only or args.quick):  # 5b's model: its 98 MB file, so not in --quick
+        bench_smollm2(new_tokens=100, rounds=min(rounds, 3), device=device)
 
 
 if __name__ == "__main__":
