@@ -60,17 +60,12 @@ class ChatModel:
     allowed_special: frozenset  # the special tokens its prompt may hold
 
 
-def smollm2_chat_model(model, tokenizer):
-    from course.ch5b_modern import chat_prompt  # chapter 5b's chat template
-
-    return ChatModel(model, tokenizer, chat_prompt, tokenizer.eos_id,
-                     frozenset({"<|im_start|>", "<|im_end|>"}))
-
-
 def load_smollm2_model(device):
-    from course.ch5b_modern import load_smollm2  # chapter 5b
+    """SmolLM2-135M-Instruct, reading the conversation in its chat template (chapter 5b)."""
+    from course.ch5b_modern import chat_prompt, load_smollm2  # chapter 5b
 
-    return smollm2_chat_model(*load_smollm2(device))
+    model, tokenizer = load_smollm2(device)
+    return ChatModel(model, tokenizer, chat_prompt, tokenizer.eos_id, frozenset({"<|im_start|>", "<|im_end|>"}))
 
 
 def checked_path(path, what, how_to_make):
@@ -163,6 +158,9 @@ def stream_answer(chat_model, ids, max_new_tokens, temperature, top_k, device):
         answer += utf8.decode(bytes(chat_model.tokenizer.decode_bytes([token])))
         rate = (n - 1) / (time.perf_counter() - start) if n > 1 else 0.0
         yield answer, n, prompt_seconds, rate
+    rest = utf8.decode(b"", final=True)  # the bytes of a character the answer stopped inside
+    if rest:
+        yield answer + rest, n, prompt_seconds, rate
 
 
 class ChatServer:
@@ -247,12 +245,13 @@ def build_page(server, max_new_tokens=256):
             max_new = gr.Slider(1, 1024, value=max_new_tokens, step=1, label="Max new tokens", scale=2)
         with gr.Row():
             status = gr.Markdown("", elem_id="chat-status")
-            new_chat = gr.Button("New chat", elem_id="new-chat", variant="secondary", size="sm", scale=0, min_width=120)
-        chat = gr.ChatInterface(server.respond, additional_inputs=[model_name, temperature, top_k, max_new],
-                                additional_outputs=[status], chatbot=gr.Chatbot(height=420, elem_id="chatbot", label="Conversation",
-                                                   buttons=["copy", "copy_all"]),
-                                textbox=gr.Textbox(placeholder="Ask something ...", elem_id="message",
-                                                   submit_btn=True, stop_btn=True, scale=7),
+            new_chat = gr.Button("New chat", elem_id="new-chat", variant="secondary", size="sm", scale=0,
+                                 min_width=120)
+        chatbot = gr.Chatbot(height=420, elem_id="chatbot", label="Conversation", buttons=["copy", "copy_all"])
+        textbox = gr.Textbox(placeholder="Ask something ...", elem_id="message", submit_btn=True, stop_btn=True)
+        chat = gr.ChatInterface(server.respond, chatbot=chatbot, textbox=textbox,
+                                additional_inputs=[model_name, temperature, top_k, max_new],
+                                additional_outputs=[status],
                                 concurrency_limit=1, fill_height=False, api_visibility="private")
         new_chat.click(lambda: ([], [], ""), outputs=[chat.chatbot, chat.chatbot_state, status], queue=False)
     return page

@@ -1,7 +1,13 @@
-"""The chat page (`python -m course.chat`): a real server, a real browser, the real model.
+"""The chat page (`python -m course.chat`, course/chat.py).
 
-Starts the server on a free port of 127.0.0.1 and opens its page in headless Chromium, driven
-by the slide tests' DevTools-over-pipe driver. Types "What is the capital of France?" and
+First, without a browser, on a small random GPT: the streamed answer is chapter 4's uncached
+generate()'s, token for token, with one token fed per step through the KV cache; what does not
+fit the context is left out as said; the page's notes never reach the model; mistakes give
+messages, not exceptions.
+
+Then (marked slow) a real server, a real browser, the real model. Starts the server on a free
+port of 127.0.0.1 and opens its page in headless Chromium, driven by the slide tests'
+DevTools-over-pipe driver. Types "What is the capital of France?" and
 watches SmolLM2's answer grow token by token until it says "Paris"; a second message in the
 same chat; "New chat"; then the mistakes a user makes (an empty message, one longer than the
 context, a missing checkpoint, a checkpoint of another model), each answered by a message in
@@ -24,15 +30,87 @@ import time
 import pytest
 import torch
 
+from course import chat
+from course.ch4_training import GPT_SMALL_CONFIG, generate as generate_uncached
+from course.ch4b_performance import GPTModelWithCache
+from course.ch5_saving import save_checkpoint
 from notebook_tools import ROOT
 from test_slides import Chromium, problems_in  # the slide tests' headless-Chromium driver
 
-pytestmark = pytest.mark.slow  # loads SmolLM2 and answers a few messages on the CPU
+slow = pytest.mark.slow  # the browser tests: SmolLM2 answers a few messages on the CPU
 
 SCREENSHOT = ROOT / "docs" / "chat.png"
 QUESTION = "What is the capital of France?"
 CONTEXT, MAX_NEW_TOKENS = 160, 32  # a short context keeps the long-message test quick on a CPU
 ANSWER_TIMEOUT = 300  # seconds for one answer on a busy 2-core CPU (SmolLM2 loads on the first)
+
+
+@pytest.fixture(scope="module")
+def small_chat_model():
+    """A random chapter-4 GPT with GPT-2's tokenizer, reading a conversation as 'role: text' lines."""
+    import tiktoken
+
+    torch.manual_seed(123)
+    model = GPTModelWithCache(GPT_SMALL_CONFIG).eval()
+    tokenizer = tiktoken.get_encoding("gpt2")
+    prompt = lambda messages: "".join(f"{m['role']}: {m['content']}\n" for m in messages)  # noqa: E731
+    return chat.ChatModel(model, tokenizer, prompt, eos_id=-1, allowed_special=frozenset())
+
+
+def test_the_streamed_answer_is_chapter_4s_feeding_one_token_per_step(small_chat_model):
+    ids = small_chat_model.tokenizer.encode("Every effort moves you")
+    fed = []  # the number of tokens each forward pass gets
+    hook = small_chat_model.model.register_forward_pre_hook(lambda module, args, kwargs: fed.append(
+        (args[0].shape[1], kwargs.get("kv_cache") is not None)), with_kwargs=True)
+    try:
+        steps = list(chat.stream_answer(small_chat_model, ids, 12, 0.0, None, "cpu"))
+    finally:
+        hook.remove()
+    reference = generate_uncached(small_chat_model.model, torch.tensor([ids]), 12, GPT_SMALL_CONFIG["context_length"])
+    expected = bytes(small_chat_model.tokenizer.decode_bytes(reference[0, len(ids):].tolist()))
+    assert steps[-1][0] == expected.decode("utf-8", errors="replace")
+    assert [n for _, n, _, _ in steps][:12] == list(range(1, 13))  # one look per new token
+    assert all(b[0].startswith(a[0].rstrip("\ufffd")) for a, b in zip(steps, steps[1:]))
+    assert fed == [(len(ids), True)] + [(1, True)] * 11  # the prompt once, then one token a step
+
+
+def test_a_long_conversation_loses_its_oldest_messages_then_the_start_of_the_last(small_chat_model):
+    tokenizer = small_chat_model.tokenizer
+    old = [{"role": "user", "content": "Hello there."}, {"role": "assistant", "content": "Hi."}]
+    short = [{"role": "user", "content": "Say something."}]
+    ids, note = chat.fit_prompt(small_chat_model, old + short, budget=100)
+    assert note is None and ids == tokenizer.encode(small_chat_model.prompt(old + short))
+    ids, note = chat.fit_prompt(small_chat_model, old + short, budget=8)  # only the last message fits
+    assert ids == tokenizer.encode("user: Say something.\n") and "oldest 2 message(s)" in note
+    long = [{"role": "user", "content": "one two three four " * 30}]
+    ids, note = chat.fit_prompt(small_chat_model, old + long, budget=50)
+    text = tokenizer.decode(ids)
+    assert len(ids) <= 50 and text.startswith("user: ") and text.endswith(" four \n")  # the message's end
+    kept = len(ids) - len(tokenizer.encode("user: \n"))
+    assert "oldest 2 message(s)" in note
+    assert f"Your message has {len(tokenizer.encode(long[0]['content']))} tokens" in note
+    assert f"reads 50 tokens, so it saw only the last {kept} of your message" in note
+    with pytest.raises(chat.ChatError, match="chat template alone takes"):
+        chat.fit_prompt(small_chat_model, long, budget=2)
+
+
+def test_the_pages_notes_and_empty_messages_never_reach_the_model():
+    history = [{"role": "user", "content": "Hi"}, chat.notice("Loading ..."),
+               {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}]},
+               {"role": "user", "content": "  "}, chat.notice("Type a message first")]
+    assert chat.conversation(history) == [{"role": "user", "content": "Hi"},
+                                          {"role": "assistant", "content": "Hello!"}]
+
+
+def test_mistakes_get_a_message_and_the_server_goes_on(tmp_path, small_chat_model):
+    server = chat.ChatServer("cpu", small_gpt=tmp_path / "absent.pt", finetuned=tmp_path / "gpt.pth")
+    [(messages, _)] = list(server.respond("  ", [], chat.SMALL_GPT, 0.0, 50, 8))
+    assert "Type a message first" in messages[0]["content"]
+    *_, (messages, _) = server.respond("Hi", [], chat.SMALL_GPT, 0.0, 50, 8)
+    assert "No checkpoint for chapter 4's small GPT at " in messages[0]["content"]
+    save_checkpoint(tmp_path / "absent.pt", small_chat_model.model, config=GPT_SMALL_CONFIG)  # now it exists
+    *_, (messages, status) = server.respond("Every effort moves you", [], chat.SMALL_GPT, 0.0, 50, 8)
+    assert isinstance(messages[-1], str) and "8 tokens" in status and "tokens/s" in status
 
 
 def missing(what):
@@ -57,10 +135,6 @@ def server(tmp_path_factory):
         import gradio  # noqa: F401
     except ImportError:
         missing('Gradio is not installed: pip install -e ".[chat]"')
-    from course.ch4_training import GPT_SMALL_CONFIG
-    from course.ch4b_performance import GPTModelWithCache
-    from course.ch5_saving import save_checkpoint
-
     folder = tmp_path_factory.mktemp("chat")
     torch.manual_seed(0)
     save_checkpoint(folder / "gpt.pth", GPTModelWithCache(GPT_SMALL_CONFIG), config=GPT_SMALL_CONFIG)
@@ -157,6 +231,7 @@ def pick_model(page, name_part):
     wait_until(browser, session, f"document.querySelector('input[aria-label=Model]').value.includes({name_part!r})", 10)
 
 
+@slow
 def test_the_server_listens_on_127_0_0_1_alone(server):
     """Every listening TCP socket of the server's process is on 127.0.0.1 (Linux: /proc)."""
     proc, address, _ = server
@@ -183,6 +258,7 @@ def test_the_server_listens_on_127_0_0_1_alone(server):
     assert listening == [address[len("http://"):-1]], listening
 
 
+@slow
 def test_an_answer_streams_in_token_by_token(page):
     snapshots = send(page, QUESTION)
     assert snapshots and "Paris" in snapshots[-1], snapshots
@@ -193,6 +269,7 @@ def test_an_answer_streams_in_token_by_token(page):
     assert "SmolLM2-135M-Instruct" in speed and "tokens/s" in speed and "cpu" in speed, speed
 
 
+@slow
 def test_screenshot_of_the_page(page):
     """docs/chat.png: the first answer, 1280x800, with something drawn on it."""
     from matplotlib.image import imread
@@ -207,6 +284,7 @@ def test_screenshot_of_the_page(page):
     assert 0.005 < (np.abs(gray - np.median(gray)) > 0.2).mean() < 0.6, "the screenshot looks empty"
 
 
+@slow
 def test_a_second_message_in_the_same_chat(page):
     snapshots = send(page, "And what is the capital of Germany?")
     browser, session = page
@@ -215,6 +293,7 @@ def test_a_second_message_in_the_same_chat(page):
     assert "Berlin" in snapshots[-1], snapshots  # the model read the new question in its chat
 
 
+@slow
 def test_new_chat_empties_the_conversation(page):
     browser, session = page
     browser.evaluate(session, "document.querySelector('#new-chat').click()")
@@ -225,11 +304,13 @@ def test_new_chat_empties_the_conversation(page):
     assert len(browser.evaluate(session, BOT_MESSAGES)) == 1
 
 
+@slow
 def test_an_empty_message_gets_a_message(page):
     snapshots = send(page, "")
     assert "Type a message first" in snapshots[-1], snapshots
 
 
+@slow
 def test_a_message_longer_than_the_context_is_cropped_and_said_so(page):
     snapshots = send(page, "Tell me about cats. " * 60)  # 360 tokens; the context is 160
     browser, session = page
@@ -239,6 +320,7 @@ def test_a_message_longer_than_the_context_is_cropped_and_said_so(page):
     assert "tokens/s" in status(page)  # and it answered
 
 
+@slow
 def test_a_missing_checkpoint_gets_a_message(page):
     pick_model(page, "small GPT")
     snapshots = send(page, "Hello")
@@ -246,12 +328,14 @@ def test_a_missing_checkpoint_gets_a_message(page):
     assert "absent.pth" in snapshots[-1] and "--small-gpt" in snapshots[-1], snapshots
 
 
+@slow
 def test_a_checkpoint_of_another_model_gets_a_message(page):
     pick_model(page, "stage 6b")
     snapshots = send(page, "Hello")
     assert "different config" in snapshots[-1], snapshots
 
 
+@slow
 def test_the_server_still_answers_after_the_mistakes(page):
     page[0].evaluate(page[1], "document.querySelector('#new-chat').click()")
     pick_model(page, "chapter 5b")
@@ -259,6 +343,7 @@ def test_the_server_still_answers_after_the_mistakes(page):
     assert "Paris" in snapshots[-1], snapshots
 
 
+@slow
 def test_no_request_left_127_0_0_1(server, page):
     browser, session = page
     origin = server[1]
@@ -267,6 +352,7 @@ def test_no_request_left_127_0_0_1(server, page):
     assert not problems_in(outside, session)  # also no console error or uncaught exception
 
 
+@slow
 def test_the_server_stops_on_ctrl_c_and_frees_its_port(server):
     proc, address, log_path = server
     proc.send_signal(signal.SIGINT)
