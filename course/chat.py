@@ -212,7 +212,7 @@ class ChatServer:
                       f" · answer: {n} tokens, {rate:.1f} tokens/s")
             yield before + [answer], status
         if not answer:
-            yield before + [notice("The model ended its answer at once (its first token was end-of-answer).")], status
+            yield before + [notice("The model ended its answer at once: its first token was end-of-answer.")], status
 
 
 def notice(text):
@@ -283,6 +283,9 @@ def main(argv=None):
     except ImportError:
         raise SystemExit('The chat page needs Gradio: pip install -e ".[chat]" (from the course folder).')
     device = torch.device(args.device) if args.device else get_device()
+    if (device.type == "cuda" and not torch.cuda.is_available()) or (device.type == "mps" and not
+                                                                      torch.backends.mps.is_available()):
+        parser.error(f"--device {args.device}: PyTorch sees no such device here; try --device cpu")
     server = ChatServer(device, args.context, args.finetuned, args.small_gpt)
     page = build_page(server, args.max_new_tokens)
     port = args.port or free_port()

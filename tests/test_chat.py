@@ -196,22 +196,34 @@ BOT_MESSAGES = "[...document.querySelectorAll('#chatbot [data-testid=bot]')].map
 BUSY = "document.querySelector('#message textarea').disabled"
 
 
+RECORD_REPLIES = """(() => {  // every text the newest reply shows, as the page changes it
+  if (window.chatObserver) window.chatObserver.disconnect();
+  const before = %s.length;
+  window.seen = [];
+  window.chatObserver = new MutationObserver(() => {
+    const bots = %s;
+    const last = bots.length > before ? bots[bots.length - 1] : null;
+    if (last !== null && window.seen[window.seen.length - 1] !== last) window.seen.push(last);
+  });
+  window.chatObserver.observe(document.querySelector('#chatbot'),
+                              {subtree: true, childList: true, characterData: true});
+  return true;
+})()""" % (BOT_MESSAGES, BOT_MESSAGES)
+
+
 def send(page, text):
-    """Type text into the message box, send it, and return the snapshots of the page's last
-    reply (its text at each look, every 50 ms) until the answer is done."""
+    """Type text into the message box, send it, and return every text the page's newest reply
+    showed (recorded at each change of the page) until the answer is done."""
     browser, session = page
-    before = browser.evaluate(session, BOT_MESSAGES)
+    browser.evaluate(session, RECORD_REPLIES)
     browser.evaluate(session, "document.querySelector('#message textarea').focus()")
     if text:
         browser.call("Input.insertText", session, text=text)
     browser.evaluate(session, "document.querySelector('#message button.submit-button').click()")
-    snapshots, deadline, started = [], time.monotonic() + ANSWER_TIMEOUT, False
-    while True:
-        busy, bots = browser.evaluate(session, f"[{BUSY}, {BOT_MESSAGES}]")
-        started = started or busy
-        if len(bots) > len(before) and (not snapshots or snapshots[-1] != bots[-1]):
-            snapshots.append(bots[-1])
-        if started and not busy:
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    while True:  # the box stays disabled from the send until the reply is complete
+        busy, snapshots = browser.evaluate(session, f"[{BUSY}, window.seen]")
+        if snapshots and not busy:
             return snapshots
         assert time.monotonic() < deadline, f"no answer after {ANSWER_TIMEOUT} s; seen: {snapshots[-3:]}"
         time.sleep(0.05)
@@ -262,7 +274,10 @@ def test_the_server_listens_on_127_0_0_1_alone(server):
 def test_an_answer_streams_in_token_by_token(page):
     snapshots = send(page, QUESTION)
     assert snapshots and "Paris" in snapshots[-1], snapshots
-    growing = [s for s in snapshots if "Note" not in s]  # the first look may be the 'Loading ...' note
+    growing = []  # the answer's texts, without the 'Loading ...' note and the empty bubble it starts as
+    for text in snapshots:
+        if text and "Note" not in text and text not in growing[-1:]:
+            growing.append(text)
     assert len(growing) >= 3, f"the answer did not stream in: {snapshots}"
     assert all(b.startswith(a) for a, b in zip(growing, growing[1:])), growing  # each look extends the last
     speed = status(page)
@@ -337,7 +352,9 @@ def test_a_checkpoint_of_another_model_gets_a_message(page):
 
 @slow
 def test_the_server_still_answers_after_the_mistakes(page):
-    page[0].evaluate(page[1], "document.querySelector('#new-chat').click()")
+    browser, session = page
+    browser.evaluate(session, "document.querySelector('#new-chat').click()")
+    wait_until(browser, session, f"{BOT_MESSAGES}.length === 0", 10)
     pick_model(page, "chapter 5b")
     snapshots = send(page, QUESTION)
     assert "Paris" in snapshots[-1], snapshots
