@@ -35,7 +35,8 @@ from course.ch4_training import GPT_SMALL_CONFIG, generate as generate_uncached
 from course.ch4b_performance import GPTModelWithCache
 from course.ch5_saving import save_checkpoint
 from notebook_tools import ROOT
-from test_slides import Chromium, problems_in  # the slide tests' headless-Chromium driver
+sys.path.insert(0, str(ROOT / "slides"))
+from chromium import Chromium, problems_in  # noqa: E402  (the slide decks' headless-Chromium driver)
 
 slow = pytest.mark.slow  # the browser tests: SmolLM2 answers a few messages on the CPU
 
