@@ -14,6 +14,9 @@ _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
+# No progress bars in test logs (the notebooks' kernels inherit it; tqdm reads TQDM_* variables).
+os.environ.setdefault("TQDM_DISABLE", "1")
+
 # The data files, offline: ../shared/data is a mirror folder when it exists (data/README.md).
 _mirror = Path(__file__).resolve().parent.parent / "shared" / "data"
 if _mirror.is_dir():
