@@ -59,7 +59,7 @@ def atomic_write(path):
             yield f
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the file gets its real name
-        os.replace(tmp_name, path)  # atomic on POSIX and Windows
+        os.replace(tmp_name, path)  # atomic on POSIX; on Windows a replace not documented as atomic
     except BaseException:
         os.unlink(tmp_name)
         raise
