@@ -131,7 +131,7 @@ def gpt2_weights_path(model_name: str = "gpt2", data_dir: str | Path | None = No
     return get_data_file(f"gpt2/{model_name}/model.safetensors", data_dir=data_dir)
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 62
+# %% post_training/LLM-saving-loading.ipynb, cell 63
 def assign_weight(param: torch.nn.Parameter | None, tensor: torch.Tensor, name: str) -> None:
     """Copy tensor into param, or say which tensor does not fit (a config that does not match)."""
     if param is None:
@@ -145,7 +145,7 @@ def assign_weight(param: torch.nn.Parameter | None, tensor: torch.Tensor, name: 
         param.copy_(tensor)
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 64
+# %% post_training/LLM-saving-loading.ipynb, cell 65
 def load_gpt2_params(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> torch.nn.Module:
     """Copy GPT-2 tensors, named as OpenAI/Hugging Face publish them, into our GPTModel."""
     # Keys may start with "transformer."; "h.N.attn.bias" and "h.N.attn.masked_bias" are the
@@ -198,7 +198,7 @@ def load_gpt2_params(model: torch.nn.Module, params: dict[str, torch.Tensor]) ->
     return model
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 66
+# %% post_training/LLM-saving-loading.ipynb, cell 67
 def load_gpt2_safetensors(path: str | Path, cfg: dict) -> GPTModel:
     """A GPTModel built from cfg holding the GPT-2 weights stored in the safetensors file path."""
     try:
