@@ -197,7 +197,7 @@ def train_model_simple(model: torch.nn.Module, train_loader, val_loader, optimiz
     return train_losses, val_losses, track_tokens_seen
 
 
-# %% training/LLM-training.ipynb, cell 66
+# %% training/LLM-training.ipynb, cell 67
 def lr_at_step(step: int, total_steps: int, peak_lr: float, warmup_steps: int = 0,
                min_lr: float | None = None) -> float:
     """The learning rate at step (0-based) of total_steps: linear warmup to peak_lr over
@@ -210,7 +210,7 @@ def lr_at_step(step: int, total_steps: int, peak_lr: float, warmup_steps: int = 
     return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
-# %% training/LLM-training.ipynb, cell 71
+# %% training/LLM-training.ipynb, cell 72
 def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW parameter groups as nanoGPT builds them: weight_decay on every trainable parameter
     with 2 or more dimensions (linear layers' weights, embeddings), none on the vectors (biases,
@@ -221,7 +221,7 @@ def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dic
     return [group for group in groups if group["params"]]
 
 
-# %% training/LLM-training.ipynb, cell 89
+# %% training/LLM-training.ipynb, cell 90
 def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, context_size: int,
              temperature: float | None = 0.0, top_k: int | None = None, eos_id: int | None = None) -> torch.Tensor:
     """Append up to max_new_tokens tokens to idx (batch, num_tokens): greedy when temperature
