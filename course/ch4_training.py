@@ -175,10 +175,9 @@ def train_model_simple(model: torch.nn.Module, train_loader, val_loader, optimiz
             optimizer.zero_grad()  # gradients accumulate by default: reset them every step
             loss = calc_loss(input_batch, target_batch, model, device)
             loss.backward()  # d loss / d every parameter
-            if max_grad_norm is not None:  # section 7: rescale the gradients if their norm is larger
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            elif history is not None:  # only measured
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+            if max_grad_norm is not None or history is not None:  # section 7: clip (no limit: only measure)
+                limit = math.inf if max_grad_norm is None else max_grad_norm
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), limit)  # the norm before clipping
             optimizer.step()  # move every parameter a little against its gradient
             tokens_seen += input_batch.numel()
             if history is not None:
