@@ -23,8 +23,8 @@ from course.ch3_architecture import (GELU, GPT_124M_CONFIG, GPT_FAMILY, FeedForw
                                      LayerNorm, TransformerBlock, check_config, generate_text_simple)
 # 4 Training: training/LLM-training.ipynb -> course/ch4_training.py
 from course.ch4_training import (GPT_SMALL_CONFIG, calc_loss_batch, calc_loss_loader, evaluate_model,
-                                 generate_and_print_sample, get_device, text_to_token_ids,
-                                 token_ids_to_text)
+                                 generate_and_print_sample, get_device, lr_at_step, text_to_token_ids,
+                                 token_ids_to_text, weight_decay_groups)
 # 4b Performance: training/LLM-performance.ipynb -> course/ch4b_performance.py
 # (GPTModelWithCache: chapter 3's model whose forward also takes a KV cache; its generate() uses the
 # cache for any model that takes one; its train_model_simple is chapter 4's with a bf16 switch, off by default)

@@ -6,6 +6,7 @@
 import pickle
 import re
 import zipfile
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -15,8 +16,9 @@ from course.ch4b_performance import GPTModel  # chapter 3's model, with chapter 
 from course.infra import CheckpointError, DataFileError, atomic_write, get_data_file  # not taught
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 21
-def save_checkpoint(path, model, optimizer=None, config=None, step=None, **extra):
+# %% post_training/LLM-saving-loading.ipynb, cell 24
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    config: dict | None = None, step: int | None = None, **extra) -> None:
     """Write model (and optimizer) state atomically: a crash mid-save leaves the old file intact.
 
     The checkpoint also holds the random number generators' state, so that resuming with
@@ -40,8 +42,10 @@ def save_checkpoint(path, model, optimizer=None, config=None, step=None, **extra
         torch.save(state, f)
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 23
-def load_checkpoint(path, model=None, optimizer=None, map_location="cpu", restore_rng=False):
+# %% post_training/LLM-saving-loading.ipynb, cell 26
+def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None, map_location: str | torch.device = "cpu",
+                    restore_rng: bool = False) -> dict:
     """Load a checkpoint safely (weights_only=True: tensors and plain containers, no code),
     restore model and optimizer state if given, and return the whole checkpoint dict.
 
@@ -103,7 +107,7 @@ def load_checkpoint(path, model=None, optimizer=None, map_location="cpu", restor
     return state
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 52
+# %% post_training/LLM-saving-loading.ipynb, cell 55
 GPT2_SIZES = {  # model name on the Hugging Face hub -> its size in GPT_FAMILY
     "gpt2": "gpt2-small (124M)",
     "gpt2-medium": "gpt2-medium (355M)",
@@ -112,7 +116,7 @@ GPT2_SIZES = {  # model name on the Hugging Face hub -> its size in GPT_FAMILY
 }
 
 
-def gpt2_config(model_name="gpt2"):
+def gpt2_config(model_name: str = "gpt2") -> dict:
     """The GPTModel config of OpenAI's GPT-2 `model_name`."""
     if model_name not in GPT2_SIZES:
         raise ValueError(f"Unknown GPT-2 model {model_name!r}; choose one of {list(GPT2_SIZES)}.")
@@ -120,15 +124,15 @@ def gpt2_config(model_name="gpt2"):
             "context_length": 1024, "qkv_bias": True, "drop_rate": 0.0}
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 56
-def gpt2_weights_path(model_name="gpt2", data_dir=None):
+# %% post_training/LLM-saving-loading.ipynb, cell 59
+def gpt2_weights_path(model_name: str = "gpt2", data_dir: str | Path | None = None) -> Path:
     """A verified local path to GPT-2 `model_name`'s model.safetensors (found or downloaded once)."""
     gpt2_config(model_name)  # fails early on an unknown name
     return get_data_file(f"gpt2/{model_name}/model.safetensors", data_dir=data_dir)
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 59
-def assign_weight(param, tensor, name):
+# %% post_training/LLM-saving-loading.ipynb, cell 63
+def assign_weight(param: torch.nn.Parameter | None, tensor: torch.Tensor, name: str) -> None:
     """Copy tensor into param, or say which tensor does not fit (a config that does not match)."""
     if param is None:
         raise ValueError(f"{name}: the model has no parameter for this tensor; build it with qkv_bias=True.")
@@ -141,8 +145,8 @@ def assign_weight(param, tensor, name):
         param.copy_(tensor)
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 61
-def load_gpt2_params(model, params):
+# %% post_training/LLM-saving-loading.ipynb, cell 65
+def load_gpt2_params(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> torch.nn.Module:
     """Copy GPT-2 tensors, named as OpenAI/Hugging Face publish them, into our GPTModel."""
     # Keys may start with "transformer."; "h.N.attn.bias" and "h.N.attn.masked_bias" are the
     # causal mask and its fill value, buffers our attention makes itself (note: "c_attn.bias"
@@ -194,8 +198,8 @@ def load_gpt2_params(model, params):
     return model
 
 
-# %% post_training/LLM-saving-loading.ipynb, cell 63
-def load_gpt2_safetensors(path, cfg):
+# %% post_training/LLM-saving-loading.ipynb, cell 67
+def load_gpt2_safetensors(path: str | Path, cfg: dict) -> GPTModel:
     """A GPTModel built from cfg holding the GPT-2 weights stored in the safetensors file path."""
     try:
         params = load_file(path)
@@ -211,6 +215,6 @@ def load_gpt2_safetensors(path, cfg):
     return model.eval()
 
 
-def load_pretrained_gpt2(model_name="gpt2", data_dir=None):
+def load_pretrained_gpt2(model_name: str = "gpt2", data_dir: str | Path | None = None) -> GPTModel:
     """OpenAI's pretrained GPT-2 `model_name` as a GPTModel in eval mode (downloaded once)."""
     return load_gpt2_safetensors(gpt2_weights_path(model_name, data_dir), gpt2_config(model_name))

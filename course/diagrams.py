@@ -406,12 +406,18 @@ def ddp_allreduce():
 
 
 def distributed_sampler():
+    """The real shuffle of the notebook's example (10 windows, 2 ranks, seed 123, epoch 0)."""
+    from torch.utils.data import DistributedSampler
+
+    shards = [list(DistributedSampler(range(10), num_replicas=2, rank=r, shuffle=True, seed=123, drop_last=True))
+              for r in range(2)]
+    order = [i for pair in zip(*shards) for i in pair]  # rank r took positions r, r + 2, ...
     fig, ax = _canvas(14, 3.2, "DistributedSampler: one seeded shuffle, every W-th index per rank")
-    order = [3, 7, 0, 9, 4, 1, 8, 2, 6, 5]
     kinds = [["data" if k % 2 == 0 else "module" for k in range(10)]]
     grid(ax, 2.0, 2.6, [order], cell=0.9, kinds=kinds, labels_left=["shuffled"])
-    grid(ax, 2.0, 1.2, [order[0::2]], cell=0.9, kinds=[["data"] * 5], labels_left=["rank 0"])
-    grid(ax, 7.5, 1.2, [order[1::2]], cell=0.9, kinds=[["module"] * 5], labels_left=["rank 1"])
+    grid(ax, 2.0, 1.2, [shards[0]], cell=0.9, kinds=[["data"] * 5], labels_left=["rank 0"])
+    grid(ax, 7.5, 1.2, [shards[1]], cell=0.9, kinds=[["module"] * 5], labels_left=["rank 1"])
+    note(ax, 12.6, 2.15, "seed 123, epoch 0:\nas printed below", size=FONT - 2)
     return fig
 
 

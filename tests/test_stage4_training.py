@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from course.ch4_training import get_device, lr_at_step, weight_decay_groups
+from course.ch4_training import train_model_simple as train_model_ch4  # chapter 4's own loop
 from helpers import (GPT_SMALL_CONFIG, GPTModel, calc_loss_batch, calc_loss_loader, check_config,
                      evaluate_model, generate, generate_text_simple, text_to_token_ids,
                      token_ids_to_text, train_model_simple)
@@ -189,6 +191,160 @@ def test_small_config_is_valid_and_small():
     check_config(GPT_SMALL_CONFIG)
     assert GPT_SMALL_CONFIG["vocab_size"] == 50257  # GPT-2's tokenizer
     assert GPT_SMALL_CONFIG["context_length"] <= 256 and 128 <= GPT_SMALL_CONFIG["emb_dim"] <= 256
+
+
+# ---------------------------------------------------------------------------- the better loop
+
+def test_the_schedule_warms_up_linearly_then_follows_pytorchs_cosine_annealing():
+    peak, floor, total, warmup = 2e-3, 2e-4, 50, 5
+    lrs = [lr_at_step(t, total, peak, warmup, floor) for t in range(total)]
+    assert lrs[:warmup] == pytest.approx([peak * (t + 1) / warmup for t in range(warmup)])
+    # after warmup: torch's CosineAnnealingLR over the remaining steps, an independent formula
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=peak)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - 1 - warmup, eta_min=floor)
+    reference = []
+    for _ in range(total - warmup):
+        reference.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[warmup:] == pytest.approx(reference, rel=1e-9)
+    assert lrs[warmup] == pytest.approx(peak) and lrs[-1] == pytest.approx(floor)
+    assert [lr_at_step(t, total, peak) for t in range(total)] == [peak] * total  # the plain loop
+
+
+def test_default_arguments_keep_the_plain_loop_bit_for_bit(capsys):
+    plain, _ = train_tiny(seed=7)
+    model = tiny_model(7)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    batches, history = tiny_batches(3), {}
+    torch.manual_seed(7)
+    train_model_ch4(model, batches, batches[:1], optimizer, CPU, num_epochs=3, eval_freq=1,
+                       eval_iter=3, start_context="1 2 3", tokenizer=Tok(), history=history)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.state_dict().values()))
+    assert [len(history[k]) for k in ("loss", "lr", "grad_norm")] == [9, 9, 9] and set(history["lr"]) == {1e-2}
+
+
+def run_sgd(**loop_args):
+    """Plain SGD (the step is lr x gradient), so each step's size shows what the loop did."""
+    model = tiny_model(3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    batches, history, moves = tiny_batches(4), {}, []
+    before = [p.detach().clone() for p in model.parameters()]
+
+    original_step = optimizer.step
+
+    def step(*args, **kwargs):
+        start = [p.detach().clone() for p in model.parameters()]
+        out = original_step(*args, **kwargs)
+        moves.append(torch.sqrt(sum(((p - s) ** 2).sum() for p, s in zip(model.parameters(), start))).item())
+        return out
+
+    optimizer.step = step
+    train_model_ch4(model, batches, batches[:1], optimizer, CPU, num_epochs=2, eval_freq=100,
+                       eval_iter=1, start_context="1", tokenizer=Tok(), history=history, **loop_args)
+    return history, moves, before
+
+
+def test_clipping_caps_every_step(capsys):
+    history, moves, _ = run_sgd(max_grad_norm=0.01)
+    assert max(history["grad_norm"]) > 0.1  # the gradients were larger than the cap...
+    # ...but no step moved the weights by more than lr x cap (SGD without momentum)
+    assert max(moves) <= 0.5 * 0.01 * (1 + 1e-5)
+    unclipped_history, unclipped_moves, _ = run_sgd()
+    assert unclipped_moves[0] == pytest.approx(0.5 * unclipped_history["grad_norm"][0], rel=1e-5)
+
+
+def test_the_loop_sets_the_scheduled_learning_rate(capsys):
+    history, moves, _ = run_sgd(warmup_steps=4, min_lr=0.05)
+    assert history["lr"] == pytest.approx([lr_at_step(t, 8, 0.5, 4, 0.05) for t in range(8)])
+    # the first step is a quarter of the peak: SGD moves by lr x gradient norm
+    assert moves[0] == pytest.approx(0.125 * history["grad_norm"][0], rel=1e-5)
+
+
+def test_bad_loop_arguments_are_clear_errors():
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters())
+    for kwargs in ({"warmup_steps": -1}, {"max_grad_norm": 0.0}):
+        with pytest.raises(ValueError, match="warmup_steps must be >= 0 and max_grad_norm > 0"):
+            train_model_ch4(model, tiny_batches(1), tiny_batches(1), optimizer, CPU, 1, 1, 1, "1", Tok(),
+                               **kwargs)
+
+
+def test_weight_decay_groups_decay_matrices_only():
+    model = tiny_model()
+    model.trf_blocks[0].att.W_query.weight.requires_grad_(False)  # frozen: in no group
+    groups = weight_decay_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)] for p in groups[0]["params"]}
+    no_decay = {names[id(p)] for p in groups[1]["params"]}
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert {"tok_emb.weight", "pos_emb.weight", "out_head.weight", "trf_blocks.0.ff.layers.0.weight"} <= decay
+    assert {"final_norm.scale", "final_norm.shift", "trf_blocks.0.norm1.scale",
+            "trf_blocks.0.att.out_proj.bias"} <= no_decay
+    assert "trf_blocks.0.att.W_query.weight" not in decay | no_decay
+    assert decay | no_decay == {n for n, p in model.named_parameters() if p.requires_grad}
+    # one AdamW step with zero gradients: only decoupled decay acts, w <- w (1 - lr x wd)
+    optimizer = torch.optim.AdamW(groups, lr=0.01)
+    scale, matrix = model.final_norm.scale, model.out_head.weight
+    before = matrix.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert torch.equal(scale, torch.ones_like(scale))
+    assert torch.allclose(matrix, before * (1 - 0.01 * 0.1))
+
+
+# ---------------------------------------------------------------------------- get_device
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Pretend to be another machine: which accelerators it has, its PyTorch version."""
+    monkeypatch.delenv("LLM_DEVICE", raising=False)
+
+    def pretend(cuda=False, mps=False, version="2.13.0"):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        monkeypatch.setattr(torch, "__version__", version)
+    return pretend
+
+
+@pytest.mark.parametrize("cuda,mps,version,expected", [
+    (True, True, "2.13.0", "cuda"),
+    (False, True, "2.9.0", "mps"),
+    (False, True, "2.10.1+cpu", "mps"),
+    (False, True, "2.8.0", "cpu"),  # MPS trained wrongly before 2.9 (rasbt/LLMs-from-scratch #635, #791)
+    (False, True, "1.13.1", "cpu"),
+    (False, False, "2.13.0", "cpu"),
+])
+def test_get_device_prefers_cuda_then_mps_from_torch_2_9(machine, capsys, cuda, mps, version, expected):
+    machine(cuda=cuda, mps=mps, version=version)
+    assert get_device().type == expected
+    assert capsys.readouterr().out == ""  # quiet unless asked
+    get_device(verbose=True)
+    said = capsys.readouterr().out
+    assert said.startswith(f"Using {expected}: ")
+    if mps and not cuda and expected == "cpu":
+        assert "2.9" in said and version[:3] in said  # says why MPS was not used
+
+
+def test_a_learner_can_choose_the_device(machine, monkeypatch, capsys):
+    machine(cuda=True, mps=False)
+    assert get_device("cpu").type == "cpu"
+    monkeypatch.setenv("LLM_DEVICE", "cpu")
+    assert get_device(verbose=True).type == "cpu"
+    assert "set by $LLM_DEVICE" in capsys.readouterr().out
+    assert get_device("cuda:0") == torch.device("cuda", 0)  # the argument wins over the variable
+    machine(cuda=False, mps=True, version="2.8.0")
+    assert get_device("mps").type == "mps"  # asked for by name: allowed even on an old PyTorch
+
+
+@pytest.mark.parametrize("name,match", [("gpu", "is not a device name"), ("cuda", "no CUDA GPU"),
+                                        ("mps", "MPS is not available")])
+def test_an_impossible_device_is_a_clear_error(machine, name, match):
+    machine(cuda=False, mps=False)
+    with pytest.raises(ValueError, match=match):
+        get_device(name)
 
 
 # ---------------------------------------------------------------------------- text <-> ids

@@ -210,3 +210,30 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     assert RAN == []
     torch.load(tmp_path / "evil.pt", weights_only=False)  # the danger is real: this runs it
     assert RAN == ["code ran"]
+
+
+def test_chapter_5_loads_the_file_chapter_4_saves(tmp_path):
+    """Chapter 4's save cell, run on a tiny model, writes a file that chapter 5's load_checkpoint
+    restores exactly (weights and AdamW state), at the path chapter 5 looks for."""
+    from notebook_tools import ROOT, cell_source, code_cells
+    from helpers import atomic_write, display_path
+
+    chapter4 = [cell_source(c) for c in code_cells(ROOT / "training" / "LLM-training.ipynb")]
+    save_cell = next(s for s in chapter4 if s.startswith('checkpoint_path = ROOT / "checkpoints"'))
+    chapter5 = [cell_source(c) for c in code_cells(ROOT / "post_training" / "LLM-saving-loading.ipynb")]
+    assert any('ROOT / "checkpoints" / "ch4-gpt-small.pt"' in s for s in chapter5)
+
+    model, optimizer = make_model_and_optimizer(seed=1)
+    train_epochs(model, optimizer, make_loader(), 1)
+    namespace = {"ROOT": tmp_path, "USE_124M": False, "model": model, "optimizer": optimizer, "cfg": CFG,
+                 "plain": {"loss": [1.0] * 6}, "train_losses": [2.0], "val_losses": [3.0], "tokens_seen": [4],
+                 "atomic_write": atomic_write, "display_path": display_path, "torch": torch}
+    exec(save_cell, namespace)
+    path = tmp_path / "checkpoints" / "ch4-gpt-small.pt"
+    assert namespace["checkpoint_path"] == path and path.is_file()
+
+    fresh_model, fresh_optimizer = make_model_and_optimizer(seed=2)
+    state = load_checkpoint(path, fresh_model, fresh_optimizer)
+    assert same_weights(model, fresh_model) and state["step"] == 6 and state["config"] == CFG
+    saved, restored = optimizer.state_dict()["state"], fresh_optimizer.state_dict()["state"]
+    assert all(torch.equal(saved[k]["exp_avg_sq"], restored[k]["exp_avg_sq"]) for k in saved)
