@@ -13,15 +13,20 @@ from course.ch2_attention import MultiHeadAttention  # chapter 2
 from course.ch3_architecture import GPTModel, TransformerBlock  # chapter 3
 from course.ch4_training import generate as generate_uncached  # chapter 4's generate()
 from course.ch4_training import calc_loss_batch, train_model_simple as train_model_fp32  # chapter 4's loss and loop
+from course.ch4_training import weight_decay_groups  # chapter 4: decay on matrices only
 
 
 # %% training/LLM-performance.ipynb, cell 10
 def make_adamw(params, **kwargs) -> torch.optim.AdamW:
     """torch.optim.AdamW with fused=True (one pass over each parameter tensor instead of a dozen
     element-wise operations) where the parameters' device has the fused kernel, plain AdamW
-    otherwise: the same update."""
+    otherwise: the same update. params: parameters or parameter groups, as for AdamW; or a model,
+    whose weight decay then goes to its matrices only (chapter 4's weight_decay_groups)."""
+    if isinstance(params, nn.Module):
+        params = weight_decay_groups(params, kwargs.pop("weight_decay", 0.01))  # AdamW's default decay
     params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda", "mps") and p.is_floating_point() for p in params)
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    fused = all(p.device.type in ("cpu", "cuda", "mps") and p.is_floating_point() for p in tensors)
     try:
         return torch.optim.AdamW(params, fused=fused, **kwargs)
     except (RuntimeError, TypeError):  # an older PyTorch without this fused kernel
@@ -197,10 +202,11 @@ class MixedPrecisionModel(nn.Module):
 
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
                        eval_freq, eval_iter, start_context, tokenizer, bf16=False,
-                       calc_loss=calc_loss_batch):
+                       calc_loss=calc_loss_batch, **schedule):
     """Chapter 4's loop; with bf16 on (True, or "auto" where the device has native bfloat16)
-    every forward pass runs in mixed precision, through MixedPrecisionModel."""
+    every forward pass runs in mixed precision, through MixedPrecisionModel. schedule: chapter 4's
+    warmup_steps, min_lr, max_grad_norm and history, passed on as they are."""
     if use_bf16(bf16, device):
         model = MixedPrecisionModel(model, torch.device(device).type)
     return train_model_fp32(model, train_loader, val_loader, optimizer, device, num_epochs,
-                            eval_freq, eval_iter, start_context, tokenizer, calc_loss)
+                            eval_freq, eval_iter, start_context, tokenizer, calc_loss, **schedule)

@@ -292,3 +292,49 @@ def test_benchmark_quick_mode_runs():
                      "| fast path, bf16", "x the float32 tokens/s", "within 0.05:",  # the value: test_mixed_precision.py
                      "with KV cache, bf16", "cached = recomputed in bf16: True"):
         assert expected in out, (expected, out)
+
+
+def test_make_adamw_given_a_model_decays_only_its_matrices():
+    from helpers import weight_decay_groups
+
+    model = tiny_model()
+    optimizer = make_adamw(model, lr=1e-3, weight_decay=0.1)
+    decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    no_decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert decay == {id(p) for p in model.parameters() if p.dim() >= 2}
+    assert no_decay == {id(p) for p in model.parameters() if p.dim() < 2}
+    expected = weight_decay_groups(model, 0.1)
+    assert [len(g["params"]) for g in optimizer.param_groups] == [len(g["params"]) for g in expected]
+
+
+def test_4bs_loop_passes_chapter_4s_schedule_on():
+    """4b's train_model_simple with bf16 off is chapter 4's, schedule arguments included."""
+    import contextlib
+    import io
+
+    import tiktoken
+
+    from course.ch4_training import train_model_simple as chapter_4_loop
+    from helpers import train_model_simple
+
+    data = torch.randint(0, TINY["vocab_size"], (4, TINY["context_length"] + 1), generator=torch.Generator().manual_seed(1))
+    loader = [(data[:2, :-1], data[:2, 1:]), (data[2:, :-1], data[2:, 1:])]
+    runs = []
+    for loop in (train_model_simple, chapter_4_loop):
+        model = tiny_model()
+        history = {}
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        with contextlib.redirect_stdout(io.StringIO()), mock_sample():
+            loop(model, loader, loader, optimizer, "cpu", 2, 1, 1, "x", tiktoken.get_encoding("gpt2"),
+                 warmup_steps=2, min_lr=1e-3, max_grad_norm=0.5, history=history)
+        runs.append((history, [p.detach().clone() for p in model.parameters()]))
+    (h1, p1), (h2, p2) = runs
+    assert h1["lr"] == h2["lr"] and h1["lr"][0] < h1["lr"][1]  # warmed up the same way
+    assert all(torch.equal(a, b) for a, b in zip(p1, p2))
+
+
+def mock_sample():
+    """The loops print a sample with GPT-2's tokenizer after each epoch: skip it for a tiny vocabulary."""
+    from unittest import mock
+
+    return mock.patch("course.ch4_training.generate_and_print_sample", lambda *args, **kwargs: None)
