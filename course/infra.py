@@ -196,7 +196,7 @@ def get_data_file(name: str, data_dir: str | os.PathLike | None = None, mirror: 
         reason = (str(exc).splitlines() or [""])[0][:200]
         raise DataFileError(
             f"Course file {name!r} was not found and could not be downloaded ({type(exc).__name__}: "
-            f"{reason}).\n" + missing_files_help(data_dir, mirror, manifest)
+            f"{reason}).\n" + missing_files_help(data_dir, mirror, manifest, also=name)
         ) from None
 
 
@@ -211,14 +211,14 @@ def _how_to_get(name, entry, data_dir):
 
 
 def missing_files_help(data_dir: str | os.PathLike | None = None, mirror: str | os.PathLike | None = None,
-                       manifest: dict | None = None) -> str:
+                       manifest: dict | None = None, also: str | None = None) -> str:
     """What to do, for every course data file that is neither in data_dir nor in the mirror (GPT-2's
-    weights, optional and fetched into the Hugging Face cache, are left out): all at once, so that a
-    learner working offline can fetch them in one go."""
+    weights, optional and fetched into the Hugging Face cache, only when `also` names one): all at
+    once, so that a learner working offline can fetch them in one go."""
     manifest = load_manifest() if manifest is None else manifest
     data_dir = Path(data_dir) if data_dir is not None else DATA_DIR
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV)
-    missing = [name for name, entry in manifest.items() if "hf_repo" not in entry
+    missing = [name for name, entry in manifest.items() if ("hf_repo" not in entry or name == also)
                and not (data_dir / name).is_file() and not (mirror and (Path(mirror) / name).is_file())]
     where = f"the mirror folder {mirror}" if mirror else f"${MIRROR_ENV} (not set)"
     return (f"Looked in {Path(data_dir).resolve()} and {where}. The course files missing from both:\n"

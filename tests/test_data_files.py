@@ -184,3 +184,10 @@ def test_course_errors_share_one_base_that_is_not_file_not_found():
     for error in (helpers.DataFileError, helpers.CheckpointError):
         assert issubclass(error, helpers.CourseError)
     assert not issubclass(helpers.CourseError, FileNotFoundError)
+
+
+def test_offline_the_message_names_the_file_asked_for_even_gpt2s_weights(tmp_path):
+    manifest = {"gpt2.safetensors": {"url": "http://127.0.0.1:9/w", "hf_repo": "r", "hf_filename": "f"},
+                "other.bin": {"url": "http://127.0.0.1:9/o", "hf_repo": "r", "hf_filename": "o"}}
+    message = __import__("course.infra", fromlist=["x"]).missing_files_help(tmp_path, str(tmp_path / "nowhere"), manifest, also="gpt2.safetensors")
+    assert f"save it as {(tmp_path / 'gpt2.safetensors').resolve()}" in message and "other.bin" not in message
