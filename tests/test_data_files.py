@@ -21,6 +21,7 @@ def test_manifest_lists_every_course_file_with_a_hash():
     manifest = load_manifest()
     data_files = {"the-verdict.txt", "encoder.json", "vocab.bpe", "instruction-data.json",
                   "SMSSpamCollection.tsv", "tinyshakespeare.txt"}
+    data_files |= {"instruction-data-with-response.json"}  # 6b: the book's GPT-2 medium answers
     weights = {f"gpt2/{name}/model.safetensors" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
     assert set(manifest) == data_files | weights
     for name, entry in manifest.items():
