@@ -3,8 +3,10 @@
 Imports only. Each chapter's code is written once, in the notebook cell that teaches it, and
 exported from there (cells marked `#| export`) to course/<module>.py by `python -m course.export`;
 course/infra.py holds the course's plumbing (files, downloads, errors), which no chapter teaches.
-Where a later chapter extends an earlier one (4b adds a KV cache to 2's and 3's classes), the
-name here is the most capable version.
+Every name here is the object its chapter defined: no module changes another's classes. Where a
+later chapter defines a new version of a function under the same name (4b's generate() and
+train_model_simple(), which wrap chapter 4's), this file gives the later one; a later chapter
+extends a class under a new name (4b's GPTModelWithCache is chapter 3's GPTModel with a KV cache).
 """
 # Infrastructure, not taught: course/infra.py
 from course.infra import (DATA_DIR, MIRROR_ENV, ROOT, CheckpointError, CourseError, DataFileError,
@@ -24,10 +26,11 @@ from course.ch4_training import (GPT_SMALL_CONFIG, calc_loss_batch, calc_loss_lo
                                  generate_and_print_sample, get_device, text_to_token_ids,
                                  token_ids_to_text)
 # 4b Performance: training/LLM-performance.ipynb -> course/ch4b_performance.py
-# (adds the KV cache to MultiHeadAttention, TransformerBlock and GPTModel; its generate() uses it;
-# its train_model_simple is chapter 4's with a bf16 switch, off by default)
-from course.ch4b_performance import (KVCache, KVCachedModel, MixedPrecisionModel, add_to_class, generate,
-                                     has_native_bf16, make_adamw, train_model_simple, use_bf16)
+# (GPTModelWithCache: chapter 3's model whose forward also takes a KV cache; its generate() uses the
+# cache for any model that takes one; its train_model_simple is chapter 4's with a bf16 switch, off by default)
+from course.ch4b_performance import (GPTModelWithCache, KVCache, KVCachedModel, MixedPrecisionModel,
+                                     cached_attention, cached_block, generate, has_native_bf16, make_adamw,
+                                     takes_kv_cache, train_model_simple, use_bf16)
 # 4c Scale out: training/LLM-distributed.ipynb -> course/ch4c_distributed.py
 from course.ch4c_distributed import DDPModel, ReshufflingSampler
 # 5 Saving & loading, GPT-2 weights: post_training/LLM-saving-loading.ipynb -> course/ch5_saving.py

@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import inspect
+
 from course.ch2_attention import MultiHeadAttention  # chapter 2
 from course.ch3_architecture import GPTModel, TransformerBlock  # chapter 3
 from course.ch4_training import generate as generate_uncached  # chapter 4's generate()
@@ -47,16 +49,7 @@ class KVCache:
         return keys, values
 
 
-# %% training/LLM-performance.ipynb, cell 26
-def add_to_class(cls):
-    """Decorator: make the function below a method of cls (replacing one of the same name)."""
-    def register(method):
-        setattr(cls, method.__name__, method)
-        return method
-    return register
-
-
-# %% training/LLM-performance.ipynb, cell 28
+# %% training/LLM-performance.ipynb, cell 27
 def check_fits(num_tokens, past, context_length, what):
     """Refuse num_tokens new tokens after past cached ones that would not fit the context."""
     if past + num_tokens > context_length:
@@ -67,71 +60,79 @@ def check_fits(num_tokens, past, context_length, what):
         )
 
 
-@add_to_class(MultiHeadAttention)
-def forward(self, x, kv_cache=None):
-    """Chapter 2's forward; with a KVCache, x holds only the tokens that follow the cached ones,
-    and they attend to the cached keys and values as well as to their own."""
+def cached_attention(att: MultiHeadAttention, x: torch.Tensor, kv_cache: "KVCache") -> torch.Tensor:
+    """Chapter 2's attention for the tokens x that follow the cached ones: they attend to the
+    cached keys and values as well as to their own, which join the cache."""
     b, num_tokens, _ = x.shape
-    past = 0 if kv_cache is None else kv_cache.num_tokens  # tokens already in the cache
-    check_fits(num_tokens, past, self.context_length, "this attention")
-    queries = self.split_heads(self.W_query(x))
-    keys, values = self.split_heads(self.W_key(x)), self.split_heads(self.W_value(x))
-    if kv_cache is not None:
-        keys, values = kv_cache.update(keys, values)  # now those of all past + num_tokens tokens
+    past = kv_cache.num_tokens  # tokens already in the cache
+    check_fits(num_tokens, past, att.context_length, "this attention")
+    queries = att.split_heads(att.W_query(x))
+    keys, values = att.split_heads(att.W_key(x)), att.split_heads(att.W_value(x))
+    keys, values = kv_cache.update(keys, values)  # now those of all past + num_tokens tokens
     if past == 0:
-        context = self.attend(queries, keys, values)  # chapter 2's causal attention
+        context = att.attend(queries, keys, values)  # chapter 2's causal attention
     else:
-        context = self.attend_after_cache(queries, keys, values, past)
-    return self.out_proj(context.transpose(1, 2).reshape(b, num_tokens, self.d_out))
+        context = attend_after_cache(att, queries, keys, values, past)
+    return att.out_proj(context.transpose(1, 2).reshape(b, num_tokens, att.d_out))
 
 
-@add_to_class(MultiHeadAttention)
-def attend_after_cache(self, queries, keys, values, past):
-    """attend() for queries at positions past, past + 1, ...: query i sees keys 0 ... past + i."""
-    future = self.mask[past:past + queries.shape[2], :keys.shape[2]]  # True: the key comes later
-    if self.use_sdpa:
+def attend_after_cache(att, queries, keys, values, past):
+    """att.attend() for queries at positions past, past + 1, ...: query i sees keys 0 ... past + i."""
+    future = att.mask[past:past + queries.shape[2], :keys.shape[2]]  # True: the key comes later
+    if att.use_sdpa:
         return F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=~future, dropout_p=self.dropout.p if self.training else 0.0
+            queries, keys, values, attn_mask=~future, dropout_p=att.dropout.p if att.training else 0.0
         )
     attn_scores = (queries @ keys.transpose(2, 3)).masked_fill(future, -torch.inf)
-    return self.dropout(torch.softmax(attn_scores / self.head_dim**0.5, dim=-1)) @ values
+    return att.dropout(torch.softmax(attn_scores / att.head_dim**0.5, dim=-1)) @ values
 
 
-# %% training/LLM-performance.ipynb, cell 30
-@add_to_class(TransformerBlock)
-def forward(self, x, kv_cache=None):
-    """Chapter 3's block; kv_cache, one layer's KVCache, goes to the attention."""
-    x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache))
-    return x + self.drop_shortcut(self.ff(self.norm2(x)))
+# %% training/LLM-performance.ipynb, cell 29
+def cached_block(block: TransformerBlock, x: torch.Tensor, kv_cache: "KVCache") -> torch.Tensor:
+    """Chapter 3's block, its attention through the layer's cache."""
+    x = x + block.drop_shortcut(cached_attention(block.att, block.norm1(x), kv_cache))
+    return x + block.drop_shortcut(block.ff(block.norm2(x)))
 
 
-@add_to_class(GPTModel)
-def forward(self, in_idx, kv_cache=None):
-    """Chapter 3's forward; kv_cache, a list of one KVCache per block, makes in_idx the tokens
-    that follow the cached ones, at positions past, past + 1, ..."""
-    self.check_token_ids(in_idx)
-    caches = [None] * len(self.trf_blocks) if kv_cache is None else kv_cache
-    if len(caches) != len(self.trf_blocks):
-        raise ValueError(
-            f"kv_cache has {len(caches)} entries but the model has {len(self.trf_blocks)} "
-            f"blocks; make one per block: [KVCache() for _ in model.trf_blocks]."
-        )
-    seq_len = in_idx.shape[1]
-    past = 0 if caches[0] is None else caches[0].num_tokens  # tokens already in the cache
-    check_fits(seq_len, past, self.context_length, "the model")
-    x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb.weight[past:past + seq_len])
-    for block, cache in zip(self.trf_blocks, caches):
-        x = block(x, cache)
-    return self.out_head(self.final_norm(x))  # (batch_size, seq_len, vocab_size)
+class GPTModelWithCache(GPTModel):
+    """Chapter 3's GPTModel (same constructor, parameters and state_dict) whose forward also takes
+    a KV cache: a list of one KVCache per block. Then in_idx holds only the tokens that follow
+    the cached ones, at positions past, past + 1, ... Without a cache it is chapter 3's forward."""
+
+    def forward(self, in_idx: torch.Tensor, kv_cache: list["KVCache"] | None = None) -> torch.Tensor:
+        if kv_cache is None:
+            return super().forward(in_idx)
+        self.check_token_ids(in_idx)
+        if len(kv_cache) != len(self.trf_blocks):
+            raise ValueError(
+                f"kv_cache has {len(kv_cache)} entries but the model has {len(self.trf_blocks)} "
+                f"blocks; make one per block: [KVCache() for _ in model.trf_blocks]."
+            )
+        seq_len, past = in_idx.shape[1], kv_cache[0].num_tokens  # past: tokens already cached
+        check_fits(seq_len, past, self.context_length, "the model")
+        x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb.weight[past:past + seq_len])
+        for block, cache in zip(self.trf_blocks, kv_cache):
+            x = cached_block(block, x, cache)
+        return self.out_head(self.final_norm(x))  # (batch_size, seq_len, vocab_size)
 
 
-# %% training/LLM-performance.ipynb, cell 35
+# %% training/LLM-performance.ipynb, cell 34
+def takes_kv_cache(model) -> bool:
+    """Whether model's forward takes a kv_cache (one KVCache per block of model.trf_blocks)."""
+    return hasattr(model, "trf_blocks") and "kv_cache" in inspect.signature(model.forward).parameters
+
+
 class KVCachedModel:
-    """A GPTModel behind a KV cache, for generate(): called with the (cropped) context window
+    """A model that takes a KV cache, for generate(): called with the (cropped) context window
     at each step, it feeds the model only the token that is new since the last call, and
     rebuilds the cache from the whole window on the first call and once the window slides."""
 
     def __init__(self, model):
+        if not takes_kv_cache(model):
+            raise TypeError(
+                f"{type(model).__name__}.forward takes no kv_cache; build the model as "
+                f"GPTModelWithCache(cfg) (chapter 3's weights load into it with load_state_dict)."
+            )
         self.model = model
         self.kv_cache = None
 
@@ -145,14 +146,14 @@ class KVCachedModel:
 
 def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None,
              use_cache=True):
-    """Chapter 4's generate(); with use_cache=True (the default) a GPTModel runs behind a KV
-    cache: the same tokens, faster."""
-    if use_cache and isinstance(model, GPTModel):
+    """Chapter 4's generate(); with use_cache=True (the default) a model that takes a KV cache
+    runs behind one: the same tokens, faster."""
+    if use_cache and takes_kv_cache(model):
         model = KVCachedModel(model)
     return generate_uncached(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id)
 
 
-# %% training/LLM-performance.ipynb, cell 57
+# %% training/LLM-performance.ipynb, cell 56
 def has_native_bf16(device):
     """Whether device multiplies bfloat16 matrices in hardware (else bfloat16 is emulated, slower
     than float32): CUDA since Ampere; x86 CPUs with AVX-512 BF16 or AMX; nothing else."""
@@ -175,7 +176,7 @@ def use_bf16(bf16, device):
     raise ValueError(f'bf16 must be False, True or "auto" (got {bf16!r}).')
 
 
-# %% training/LLM-performance.ipynb, cell 62
+# %% training/LLM-performance.ipynb, cell 61
 class MixedPrecisionModel(nn.Module):
     """model with its forward pass under torch.autocast in bfloat16: matrix products in bfloat16,
     the weights (and so their gradients and the optimizer's state) in float32, the logits

@@ -8,12 +8,20 @@ tests/test_export.py fails while a generated module is out of date.
 """
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER_FOLDERS = ["notebooks", "attention", "architecture", "training", "post_training", "finetune"]
 EXPORT, DEFAULT_EXP = "#| export", "#| default_exp"
+# nbdev reads the markers with or without the space after "#|": so does this exporter.
+EXPORT_LINE = re.compile(r"#\|\s*export\s*$")
+DEFAULT_EXP_LINE = re.compile(r"#\|\s*default_exp\s+(\S+)\s*$")
+
+
+class ExportError(ValueError):
+    """A notebook whose export markers cannot be turned into a module."""
 
 
 def course_notebooks(root=ROOT):
@@ -34,12 +42,15 @@ def module_of(notebook):
         lines = cell_lines(cell)
         if cell["cell_type"] != "code" or not lines:
             continue
-        if lines[0].startswith(DEFAULT_EXP):
-            name = lines[0][len(DEFAULT_EXP):].strip()
-        elif lines[0].strip() == EXPORT:
+        first = lines[0].strip()
+        if match := DEFAULT_EXP_LINE.match(first):
+            name = match.group(1)
+        elif EXPORT_LINE.match(first):
             blocks.append((i, "\n".join(lines[1:]).strip("\n")))
+        elif first.startswith("#|"):
+            raise ExportError(f"{notebook}, cell {i}: unknown marker {first!r}; use '{EXPORT}' or '{DEFAULT_EXP} NAME'")
     if blocks and not name:
-        raise SystemExit(f"{notebook}: has {EXPORT} cells but no '{DEFAULT_EXP} NAME' cell naming its module")
+        raise ExportError(f"{notebook}: has {EXPORT} cells but no '{DEFAULT_EXP} NAME' cell naming its module")
     return name, blocks
 
 
@@ -61,7 +72,7 @@ def export(out_dir=None, root=ROOT):
             continue
         path = out_dir / f"{name}.py"
         if path in written:
-            raise SystemExit(f"{notebook}: module {name!r} is already exported by another notebook")
+            raise ExportError(f"{notebook}: module {name!r} is already exported by another notebook")
         path.write_text(render(notebook, blocks, root), encoding="utf-8")
         written.append(path)
     return written
@@ -71,7 +82,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="folder to write into (default: course/)")
     args = parser.parse_args(argv)
-    for path in export(args.out):
+    try:
+        written = export(args.out)
+    except ExportError as error:
+        parser.exit(1, f"error: {error}\n")  # the command line gets the message, not a traceback
+    for path in written:
         print("wrote", path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import tempfile
 import urllib.request
 import warnings
@@ -59,7 +60,11 @@ def atomic_write(path):
             yield f
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the file gets its real name
-        os.replace(tmp_name, path)  # atomic on POSIX and Windows
+        # mkstemp made the file readable by its owner alone: give it the mode a new file gets
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
+        os.replace(tmp_name, path)  # atomic on POSIX (a rename within one folder)
     except BaseException:
         os.unlink(tmp_name)
         raise
@@ -132,7 +137,7 @@ def get_data_file(name, data_dir=None, mirror=None, manifest=None):
     """
     manifest = load_manifest() if manifest is None else manifest
     if name not in manifest:
-        raise KeyError(f"{name!r} is not a course file; known files: {sorted(manifest)}")
+        raise DataFileError(f"{name!r} is not a course file (data/manifest.json); known files: {sorted(manifest)}")
     entry = manifest[name]
     data_dir = Path(data_dir) if data_dir is not None else DATA_DIR
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV)
@@ -149,25 +154,61 @@ def get_data_file(name, data_dir=None, mirror=None, manifest=None):
     except DataFileError:  # found or downloaded, but not the published file: that message says it all
         raise
     except (OSError, ValueError, zipfile.BadZipFile) as exc:  # no network, no such URL, offline mode
-        where = f"the mirror folder ${MIRROR_ENV}" if mirror else f"${MIRROR_ENV} (not set)"
         reason = (str(exc).splitlines() or [""])[0][:200]
         raise DataFileError(
-            f"Course file {name!r} was not found and could not be downloaded "
-            f"({type(exc).__name__}: {reason}).\n"
-            f"  Looked in: {display_path(data_dir)}/, {where}"
-            + (", the Hugging Face cache" if "hf_repo" in entry else "") + ".\n"
-            f"  To fix: download {entry['url']}"
-            + (f" (the member {entry['archive_member']!r} of that zip)" if "archive_member" in entry else "")
-            + f" and save it as {display_path(local)}, or set {MIRROR_ENV} to a folder that holds {name}."
+            f"Course file {name!r} was not found and could not be downloaded ({type(exc).__name__}: "
+            f"{reason}).\n" + missing_files_help(data_dir, mirror, manifest)
         ) from None
 
 
+def _how_to_get(name, entry, data_dir):
+    """One line: where a missing course file goes, and where it comes from."""
+    source = entry["url"]
+    if "archive_member" in entry:
+        source += f" (the member {entry['archive_member']!r} of that zip)"
+    return f"  - {name}: save it as {(Path(data_dir) / name).resolve()}\n      from {source}"
+
+
+def missing_files_help(data_dir=None, mirror=None, manifest=None):
+    """What to do, for every course data file that is neither in data_dir nor in the mirror (GPT-2's
+    weights, optional and fetched into the Hugging Face cache, are left out): all at once, so that a
+    learner working offline can fetch them in one go."""
+    manifest = load_manifest() if manifest is None else manifest
+    data_dir = Path(data_dir) if data_dir is not None else DATA_DIR
+    mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV)
+    missing = [name for name, entry in manifest.items() if "hf_repo" not in entry
+               and not (data_dir / name).is_file() and not (mirror and (Path(mirror) / name).is_file())]
+    where = f"the mirror folder {mirror}" if mirror else f"${MIRROR_ENV} (not set)"
+    return (f"Looked in {Path(data_dir).resolve()} and {where}. The course files missing from both:\n"
+            + "\n".join(_how_to_get(name, manifest[name], data_dir) for name in missing)
+            + f"\nOr set {MIRROR_ENV} to a folder that holds them (then restart the Jupyter kernel).")
+
+
+def show_course_errors_as_messages():
+    """Inside Jupyter, show a CourseError as its message (what went wrong, what to do) instead of
+    a traceback through the course's plumbing; other errors keep their traceback."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def show(shell, etype, value, tb, tb_offset=None):
+        print(f"{etype.__name__}: {value}", file=sys.stderr)
+
+    shell.set_custom_exc((CourseError,), show)
+
+
 def prepare_tiktoken_offline():
-    """Let tiktoken.get_encoding("gpt2") work with no network; the notebooks call it once.
+    """Let tiktoken.get_encoding("gpt2") work with no network; each notebook calls it in its first
+    cell (where it also makes Jupyter show a CourseError as its message, without a traceback).
 
     tiktoken looks for its files in $TIKTOKEN_CACHE_DIR under the SHA-1 of their URL; we put
     the verified course copies there (data/.tiktoken unless the variable is already set).
     """
+    show_course_errors_as_messages()  # the first course call of every notebook: a missing file is a message
     cache = Path(os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(DATA_DIR / ".tiktoken")))
     manifest = load_manifest()
     for name in ("encoder.json", "vocab.bpe"):

@@ -44,8 +44,8 @@ ASSETS = {
 MATHJAX_SKIP = {"unpacked", "test", "Asana-Math", "Gyre-Pagella", "Gyre-Termes", "Latin-Modern",
                 "Neo-Euler", "STIX", "STIX-Web"}
 
-sys.path.insert(0, str(ROOT / "tests"))
-from notebook_tools import all_notebooks  # noqa: E402  (the one list of chapter notebooks)
+sys.path.insert(0, str(ROOT))
+from course.export import course_notebooks as all_notebooks  # noqa: E402  (the one list of chapter notebooks)
 
 
 def deck_name(notebook):

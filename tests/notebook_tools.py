@@ -3,15 +3,7 @@ import ast
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CHAPTER_FOLDERS = ["notebooks", "attention", "architecture", "training", "post_training", "finetune"]
-
-
-def all_notebooks():
-    found = []
-    for folder in CHAPTER_FOLDERS:
-        found += [p for p in sorted((ROOT / folder).rglob("*.ipynb")) if ".ipynb_checkpoints" not in p.parts]
-    return found
+from course.export import ROOT, course_notebooks as all_notebooks  # noqa: F401  (the one list of notebooks)
 
 
 def code_cells(path):

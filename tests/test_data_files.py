@@ -97,8 +97,46 @@ def test_missing_offline_gives_a_clear_message(tmp_path):
 
 
 def test_unknown_file_name():
-    with pytest.raises(KeyError, match="not a course file"):
+    with pytest.raises(DataFileError, match="not a course file"):
         get_data_file("no-such-file.txt")
+
+
+def test_offline_the_message_lists_every_missing_file_at_once(tmp_path):
+    """A learner offline fixes everything in one round trip: each missing file with the absolute
+    path it belongs at and its URL; files already present and GPT-2's weights are not listed."""
+    (tmp_path / "here.txt").write_bytes(b"x")
+    manifest = {name: {"url": f"http://127.0.0.1:9/{name}", "sha256": None} for name in ("a.txt", "b.txt", "here.txt")}
+    manifest["gpt2.safetensors"] = {"url": "http://127.0.0.1:9/w", "hf_repo": "r", "hf_filename": "f"}
+    with pytest.raises(DataFileError) as info:
+        get_data_file("a.txt", data_dir=tmp_path, mirror=str(tmp_path / "nowhere"), manifest=manifest)
+    message = str(info.value)
+    for name in ("a.txt", "b.txt"):
+        assert f"save it as {(tmp_path / name).resolve()}" in message and f"http://127.0.0.1:9/{name}" in message
+    assert "here.txt" not in message and "gpt2.safetensors" not in message
+
+
+def test_in_jupyter_a_course_error_is_shown_as_its_message(capsys):
+    interactiveshell = pytest.importorskip("IPython.core.interactiveshell")
+    shell = interactiveshell.InteractiveShell.instance()
+    try:
+        from course.infra import show_course_errors_as_messages
+        show_course_errors_as_messages()
+        shell.run_cell("from course.infra import DataFileError\nraise DataFileError('put it in data/')")
+        shell.run_cell("raise ValueError('an ordinary error')")
+    finally:
+        interactiveshell.InteractiveShell.clear_instance()
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "DataFileError: put it in data/" in text
+    assert text.count("Traceback") <= 1 and "ValueError" in text  # only the ordinary error has one
+
+
+def test_atomic_write_gives_the_file_the_usual_mode(tmp_path):
+    with helpers.atomic_write(tmp_path / "f.bin") as f:
+        f.write(b"data")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_course_files_are_found(tmp_path):

@@ -106,37 +106,67 @@ def test_no_taught_definition_is_written_outside_a_notebook():
                 assert node.name not in taught, f"{path.relative_to(ROOT)} defines {node.name}, taught in a notebook"
 
 
-UNCACHED = """
-import sys, torch
-import course.ch3_architecture as ch3  # chapter 3 alone: no KV cache added yet
-assert "course.ch4b_performance" not in sys.modules
-cfg = {"vocab_size": 97, "context_length": 16, "emb_dim": 24, "n_heads": 4, "n_layers": 2,
-       "drop_rate": 0.0, "qkv_bias": True}
-torch.manual_seed(0)
-model = ch3.GPTModel(cfg).eval()
-ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(1))
-with torch.no_grad():
-    torch.save({"state": model.state_dict(), "ids": ids, "logits": model(ids),
-                "greedy": ch3.generate_text_simple(model, ids[:1, :3], 20, 16)}, sys.argv[1])
+NO_PATCHING = """
+import importlib, inspect, json, sys
+order = json.loads(sys.argv[1])
+defined = {}  # (module, name) -> (the object, a copy of its class dict)
+for name in order:
+    module = importlib.import_module("course." + name)
+    for attr, obj in vars(module).items():
+        if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == module.__name__:
+            defined[name, attr] = (obj, dict(vars(obj)) if inspect.isclass(obj) else None)
+import helpers  # every chapter, as a later notebook imports them
+changed = []
+for (name, attr), (obj, members) in defined.items():
+    module = sys.modules["course." + name]
+    if vars(module)[attr] is not obj or (members is not None and dict(vars(obj)) != members):
+        changed.append(f"{name}.{attr}")
+print(json.dumps(changed))
 """
 
 
-def test_helpers_gptmodel_computes_chapter_3s_function(tmp_path):
-    """helpers.GPTModel carries chapter 4b's cache; without one it must be chapter 3's model,
-    bit for bit, and its cached generation must give chapter 3's greedy tokens."""
-    import torch
+def test_no_module_changes_another_modules_classes_or_functions():
+    """Each chapter's module, imported in course order in a fresh process, then every later one
+    and helpers: every class and function keeps exactly the members its chapter gave it. So each
+    module imported alone behaves as its chapter taught, whatever is imported after it."""
+    import json
 
-    import helpers
+    result = subprocess.run([sys.executable, "-c", NO_PATCHING, json.dumps(COURSE_ORDER)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
 
-    out = tmp_path / "ch3.pt"
-    run = subprocess.run([sys.executable, "-c", UNCACHED, str(out)], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    reference = torch.load(out, weights_only=True)
-    cfg = {"vocab_size": 97, "context_length": 16, "emb_dim": 24, "n_heads": 4, "n_layers": 2,
-           "drop_rate": 0.0, "qkv_bias": True}
-    model = helpers.GPTModel(cfg).eval()
-    model.load_state_dict(reference["state"])
-    with torch.no_grad():
-        assert torch.equal(model(reference["ids"]), reference["logits"])
-    prompt = reference["ids"][:1, :3]
-    assert torch.equal(helpers.generate(model, prompt, 20, 16), reference["greedy"])  # past the context too
+
+def test_the_chapters_attention_and_model_are_their_own():
+    """Chapter 2's attention and chapter 3's model take no cache; chapter 4b's subclass does."""
+    import inspect
+
+    from course.ch2_attention import MultiHeadAttention
+    from course.ch3_architecture import GPTModel, TransformerBlock
+    from course.ch4b_performance import GPTModelWithCache
+
+    for cls in (MultiHeadAttention, TransformerBlock, GPTModel):
+        assert "kv_cache" not in inspect.signature(cls.forward).parameters
+    assert "kv_cache" in inspect.signature(GPTModelWithCache.forward).parameters
+    assert issubclass(GPTModelWithCache, GPTModel)
+
+
+def test_pytest_collects_the_chapter_folders_in_course_order():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert config["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests", *export.CHAPTER_FOLDERS]
+
+
+def test_the_exporter_reads_both_spellings_of_the_markers_and_refuses_unknown_ones(tmp_path):
+    def notebook(*sources):
+        cells = [{"cell_type": "code", "source": source, "metadata": {}, "outputs": []} for source in sources]
+        path = tmp_path / "nb.ipynb"
+        path.write_text(__import__("json").dumps({"cells": cells}), encoding="utf-8")
+        return path
+
+    name, blocks = export.module_of(notebook("#|default_exp toy", "#|export\nX = 1", "#| export\nY = 2"))
+    assert name == "toy" and [source for _, source in blocks] == ["X = 1", "Y = 2"]
+    with pytest.raises(export.ExportError, match="unknown marker"):
+        export.module_of(notebook("#| default_exp toy", "#| exprot\nX = 1"))
+    with pytest.raises(export.ExportError, match="no '#| default_exp NAME'"):
+        export.module_of(notebook("#| export\nX = 1"))

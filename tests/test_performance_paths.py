@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from helpers import (GELU, GPT_124M_CONFIG, GPTModel, KVCache, LayerNorm, MultiHeadAttention,
-                     generate, generate_text_simple, load_gpt2_params, make_adamw)
+from helpers import (GELU, GPT_124M_CONFIG, GPTModel, GPTModelWithCache, KVCache, KVCachedModel, LayerNorm,
+                     MultiHeadAttention, generate, generate_text_simple, load_gpt2_params, make_adamw)
 from notebook_tools import ROOT
 
 TINY = {"vocab_size": 60, "context_length": 8, "emb_dim": 16, "n_heads": 4, "n_layers": 2,
@@ -24,6 +24,13 @@ TINY = {"vocab_size": 60, "context_length": 8, "emb_dim": 16, "n_heads": 4, "n_l
 def tiny_model(seed=123, **overrides):
     torch.manual_seed(seed)
     return GPTModel({**TINY, **overrides}).eval()
+
+
+def tiny_cached_model(seed=123, **overrides):
+    """Chapter 4b's GPTModelWithCache with the weights of tiny_model(seed): the same parameters."""
+    model = GPTModelWithCache({**TINY, **overrides}).eval()
+    model.load_state_dict(tiny_model(seed, **overrides).state_dict())
+    return model
 
 
 def set_sdpa(model, use_sdpa):
@@ -68,20 +75,21 @@ def explicit_model(model):
 @pytest.mark.parametrize("prompt_len,new_tokens", [(1, 5), (3, 20), (8, 6), (12, 7)])
 def test_cached_greedy_generation_equals_recomputation(use_sdpa, prompt_len, new_tokens):
     """Including past the context length (8): there the cache must be rebuilt, not just grown."""
-    model = set_sdpa(tiny_model(), use_sdpa)
+    model = set_sdpa(tiny_cached_model(), use_sdpa)
+    reference_model = set_sdpa(tiny_model(), use_sdpa)  # chapter 3's class, no cache
     prompt = torch.randint(0, TINY["vocab_size"], (2, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
     cached = generate(model, prompt, new_tokens, TINY["context_length"])  # the cache is the default
     uncached = generate(model, prompt, new_tokens, TINY["context_length"], use_cache=False)
-    reference = generate_text_simple(model, prompt, new_tokens, TINY["context_length"])
+    reference = generate_text_simple(reference_model, prompt, new_tokens, TINY["context_length"])
     assert cached.shape == (2, prompt_len + new_tokens)
     assert torch.equal(uncached, reference)
     assert torch.equal(cached, reference)
 
 
 def test_cached_generation_with_a_shorter_context_size_and_sampling():
-    model = tiny_model(seed=7)
+    model = tiny_cached_model(seed=7)
     prompt = torch.tensor([[5, 9, 2]])
-    reference = generate_text_simple(model, prompt, 10, context_size=5)
+    reference = generate_text_simple(tiny_model(seed=7), prompt, 10, context_size=5)
     assert torch.equal(generate(model, prompt, 10, context_size=5), reference)
     torch.manual_seed(3)
     sampled = generate(model, prompt, 10, 5, temperature=1.5, top_k=10)
@@ -90,10 +98,10 @@ def test_cached_generation_with_a_shorter_context_size_and_sampling():
 
 
 def test_a_grown_cache_gives_the_logits_of_the_full_forward_pass():
-    model = tiny_model()
+    model = tiny_cached_model()
     idx = torch.randint(0, TINY["vocab_size"], (3, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        full = model(idx)
+        full = tiny_model()(idx)  # chapter 3's model on the whole sequence
         cache = [KVCache() for _ in model.trf_blocks]
         pieces = [model(idx[:, :3], kv_cache=cache), model(idx[:, 3:4], kv_cache=cache),
                   model(idx[:, 4:], kv_cache=cache)]
@@ -104,7 +112,7 @@ def test_a_grown_cache_gives_the_logits_of_the_full_forward_pass():
 
 def test_the_cache_only_computes_the_new_tokens():
     """With a cache, each step after the first feeds the model one token, not the whole context."""
-    model = tiny_model()
+    model = tiny_cached_model()
     lengths = []
     model.tok_emb.register_forward_hook(lambda module, args, out: lengths.append(args[0].shape[1]))
     generate(model, torch.tensor([[1, 2, 3]]), 4, TINY["context_length"])
@@ -114,8 +122,30 @@ def test_the_cache_only_computes_the_new_tokens():
     assert lengths == [3, 4, 5, 6]
 
 
-def test_cache_errors_are_clear():
+def test_generate_runs_a_model_without_a_cache_uncached():
+    """Chapter 3's GPTModel takes no cache: 4b's generate() runs chapter 4's loop for it, and
+    KVCachedModel refuses it with what to do."""
     model = tiny_model()
+    lengths = []
+    model.tok_emb.register_forward_hook(lambda module, args, out: lengths.append(args[0].shape[1]))
+    out = generate(model, torch.tensor([[1, 2, 3]]), 3, TINY["context_length"])
+    assert lengths == [3, 4, 5]
+    assert torch.equal(out, generate_text_simple(model, torch.tensor([[1, 2, 3]]), 3, TINY["context_length"]))
+    with pytest.raises(TypeError, match="GPTModelWithCache"):
+        KVCachedModel(model)
+
+
+def test_the_cached_model_has_chapter_3s_parameters_and_initialisation():
+    torch.manual_seed(5)
+    plain = GPTModel(TINY)
+    torch.manual_seed(5)
+    cached = GPTModelWithCache(TINY)
+    assert list(plain.state_dict()) == list(cached.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), cached.state_dict().values()))
+
+
+def test_cache_errors_are_clear():
+    model = tiny_cached_model()
     with pytest.raises(ValueError, match="one per block"):
         model(torch.tensor([[1, 2]]), kv_cache=[KVCache()])
     cache = [KVCache() for _ in model.trf_blocks]

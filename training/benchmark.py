@@ -44,7 +44,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from helpers import (GPT_124M_CONFIG, GPT_SMALL_CONFIG, GELU, GPTModel, LayerNorm,  # noqa: E402
+from helpers import (GPT_124M_CONFIG, GPT_SMALL_CONFIG, GELU, GPTModel, GPTModelWithCache, LayerNorm,  # noqa: E402
                      MixedPrecisionModel, MultiHeadAttention, generate, has_native_bf16, make_adamw)
 
 LOSS_TOLERANCE = 0.05  # nats: bfloat16's loss after the same steps as float32's, at most this far off
@@ -266,7 +266,7 @@ def bench_attention(d_model, num_heads, num_tokens, rounds, device):
 def bench_generation(cfg, label, prompt_len, new_tokens, rounds, device, bf16):
     print(f"\n== Greedy generation: {label}, prompt of {prompt_len} tokens, {new_tokens} new tokens")
     torch.manual_seed(123)
-    model = GPTModel(cfg).to(device).eval()
+    model = GPTModelWithCache(cfg).to(device).eval()  # chapter 4b: the model that takes a KV cache
     prompt = torch.randint(0, cfg["vocab_size"], (1, prompt_len), device=device)
     outputs = {}
 
