@@ -48,9 +48,11 @@ from course.ch6a_classification import (BASE_RECIPE, BOOK_FINETUNE, STAND_IN_CON
                                         read_sms_collection, to_full_vocabulary,
                                         train_classifier_simple)
 # 6b Instructions: finetune/LLM-finetune-instructions.ipynb -> course/ch6b_instructions.py
-from course.ch6b_instructions import (OLLAMA_URL, InstructionDataset, answer_words, calc_loss_batch_at_targets,
-                                      calc_response_loss, logits_at_targets,
-                                      contains_answer, format_input, generate_response, instruction_collate_fn,
-                                      judge_scores, ollama_is_running, query_ollama, score_responses, word_f1)
+from course.ch6b_instructions import (OLLAMA_URL, RECIPES, InstructionDataset, answer_f1, answer_words,
+                                      calc_loss_batch_at_targets, calc_response_loss, format_input,
+                                      generate_responses, has_key_answer, instruction_collate_fn, judge_scores,
+                                      logits_at_targets, nearest_training_answer, ollama_is_running,
+                                      prompt_words, query_ollama, score_responses, train_top_layers,
+                                      trunk_outputs, uncopied_words, word_f1)
 # 6c LoRA: finetune/LLM-finetune-lora.ipynb -> course/ch6c_lora.py
 from course.ch6c_lora import LORA_TARGETS, LinearWithLoRA, LoRALayer, add_lora, merge_lora

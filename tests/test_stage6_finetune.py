@@ -1,8 +1,6 @@
-"""Stage 6: the finetuning building blocks, checked on tiny models and hand-written batches, and
-the GPT-2 path end to end on random weights of GPT-2's shapes."""
-import json
+"""Stage 6a: the classification building blocks, checked on tiny models and hand-written batches,
+and the GPT-2 path end to end on random weights of GPT-2's shapes. (6b's tests: test_stage6b_instructions.py.)"""
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import tiktoken
@@ -11,13 +9,10 @@ import torch.nn as nn
 
 import course.ch6a_classification as ch6a  # where load_base_model looks GPT-2 up
 import course.infra
-from helpers import (BOOK_FINETUNE, CompactTokenizer, DataFileError, GPTModel, InstructionDataset,
-                     SpamDataset, base_model_path, calc_loss_batch, calc_loss_batch_at_targets,
-                     calc_response_loss, classify, compact_tokenizer, contains_answer, format_input, gpt2_config,
-                     get_data_file, instruction_collate_fn, judge_scores, last_real_token_logits,
-                     load_base_model, load_checkpoint, logits_at_targets, make_classifier,
-                     ollama_is_running, save_checkpoint, score_responses, to_full_vocabulary,
-                     train_classifier_simple, word_f1)
+from helpers import (BOOK_FINETUNE, CompactTokenizer, DataFileError, GPTModel, SpamDataset,
+                     base_model_path, calc_loss_batch, classify, compact_tokenizer, gpt2_config,
+                     get_data_file, last_real_token_logits, load_base_model, load_checkpoint,
+                     make_classifier, save_checkpoint, to_full_vocabulary, train_classifier_simple)
 
 E = 50256  # GPT-2's <|endoftext|>, the padding id
 I = -100   # cross_entropy's default ignore_index
@@ -35,79 +30,6 @@ def tiny_classifier(seed=0):
     model = GPTModel(TINY)
     model.out_head = nn.Linear(TINY["emb_dim"], 2)
     return model.eval()
-
-
-# --- the instruction collate function ---------------------------------------------------------
-
-BATCH = [([1, 2, 3, 4, 5], 2), ([6, 7], 1), ([8, 9, 10], 1)]  # (token ids, prompt length)
-
-
-def test_collate_pads_shifts_and_masks_all_but_the_first_end_of_text():
-    inputs, targets = instruction_collate_fn(BATCH, mask_prompt=False)
-    assert torch.equal(inputs, torch.tensor([[1, 2, 3, 4, 5],
-                                             [6, 7, E, E, E],
-                                             [8, 9, 10, E, E]]))
-    assert torch.equal(targets, torch.tensor([[2, 3, 4, 5, E],
-                                              [7, E, I, I, I],
-                                              [9, 10, E, I, I]]))
-
-
-def test_collate_masks_the_prompt():
-    _, targets = instruction_collate_fn(BATCH, mask_prompt=True)
-    # row 0: prompt [1, 2]; predicting token 2 is the prompt's job, so only that target is masked
-    assert torch.equal(targets, torch.tensor([[I, 3, 4, 5, E],
-                                              [7, E, I, I, I],
-                                              [9, 10, E, I, I]]))
-
-
-def test_collate_truncates_to_allowed_max_length():
-    inputs, targets = instruction_collate_fn(BATCH, allowed_max_length=3, mask_prompt=False)
-    assert torch.equal(inputs, torch.tensor([[1, 2, 3], [6, 7, E], [8, 9, 10]]))
-    assert torch.equal(targets, torch.tensor([[2, 3, 4], [7, E, I], [9, 10, E]]))
-
-
-def test_collate_keeps_an_end_of_text_inside_the_text():
-    """Padding is found by length, not by value: a real 50256 in the text stays a target."""
-    _, targets = instruction_collate_fn([([7, E, 8], 1), ([9], 1)], mask_prompt=False)
-    assert torch.equal(targets, torch.tensor([[E, 8, E], [E, I, I]]))
-
-
-def test_cross_entropy_ignores_the_masked_targets():
-    inputs, targets = instruction_collate_fn(BATCH, mask_prompt=True)
-    torch.manual_seed(0)
-    logits = torch.randn(*inputs.shape, 50257)
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-    kept = [(b, t) for b in range(targets.shape[0]) for t in range(targets.shape[1]) if targets[b, t] != I]
-    manual = sum(-torch.log_softmax(logits[b, t], dim=-1)[targets[b, t]] for b, t in kept) / len(kept)
-    assert len(kept) == 9
-    assert torch.isclose(loss, manual, atol=1e-5)
-
-
-def test_collate_rejects_an_example_left_without_targets():
-    with pytest.raises(ValueError, match="allowed_max_length"):
-        instruction_collate_fn([([1, 2, 3, 4], 3)], allowed_max_length=2, mask_prompt=True)
-    with pytest.raises(ValueError, match="empty"):
-        instruction_collate_fn([])
-
-
-# --- the instruction data ----------------------------------------------------------------------
-
-def test_format_input_with_and_without_input():
-    header = ("Below is an instruction that describes a task. Write a response that appropriately "
-              "completes the request.\n\n### Instruction:\n")
-    assert format_input({"instruction": "Add.", "input": "2 + 2", "output": "4"}) == \
-        header + "Add.\n\n### Input:\n2 + 2\n\n### Response:\n"
-    assert format_input({"instruction": "Say hi.", "input": "", "output": "Hi"}) == \
-        header + "Say hi.\n\n### Response:\n"
-
-
-def test_instruction_dataset_records_the_prompt_length(tokenizer):
-    entry = {"instruction": "Say hi.", "input": "", "output": "Hi there."}
-    token_ids, prompt_length = InstructionDataset([entry], tokenizer)[0]
-    assert token_ids[:prompt_length] == tokenizer.encode(format_input(entry))
-    assert tokenizer.decode(token_ids[prompt_length:]) == "Hi there."
-    with pytest.raises(ValueError, match="'output'"):
-        InstructionDataset([{"instruction": "x", "input": ""}], tokenizer)
 
 
 # --- the classifier ----------------------------------------------------------------------------
@@ -379,52 +301,6 @@ def test_make_classifier_checks_the_number_of_blocks():
         make_classifier(GPTModel(TINY), trainable_blocks=3)
 
 
-# --- 6b's loss at the kept targets only ----------------------------------------------------------
-
-def test_the_loss_at_kept_targets_is_cross_entropy_with_ignore_index():
-    torch.manual_seed(0)
-    model = GPTModel(TINY).train()
-    inputs, targets = instruction_collate_fn(BATCH, mask_prompt=True)
-    # PyTorch's own masking, on the full logits, is the reference: the same loss, the same gradients
-    reference = nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), ignore_index=I)
-    reference.backward()
-    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
-    model.zero_grad()
-    loss = calc_loss_batch_at_targets(inputs, targets, model, "cpu")
-    loss.backward()
-    assert torch.allclose(loss, reference, atol=1e-6)
-    assert all(torch.allclose(p.grad, expected[name], atol=1e-6) for name, p in model.named_parameters())
-    assert torch.allclose(loss, calc_loss_batch(inputs, targets, model, "cpu"), atol=1e-6)  # chapter 4's
-
-
-def test_logits_at_targets_scores_only_the_kept_positions_and_restores_the_head():
-    torch.manual_seed(0)
-    model = GPTModel(TINY).eval()
-    head = model.out_head
-    inputs, targets = instruction_collate_fn(BATCH, mask_prompt=True)
-    logits, kept = logits_at_targets(model, inputs, targets)
-    keep = targets != I
-    assert logits.shape == (keep.sum().item(), TINY["vocab_size"]) == (9, 50257)
-    assert torch.equal(kept, targets[keep])
-    with torch.no_grad():
-        assert torch.allclose(logits, model(inputs)[keep], atol=1e-6)
-    assert model.out_head is head
-    with pytest.raises(ValueError):  # a failing forward pass still puts the head back
-        logits_at_targets(model, torch.zeros(1, 99, dtype=torch.long), torch.zeros(1, 99, dtype=torch.long))
-    assert model.out_head is head
-
-
-def test_the_response_loss_is_the_mean_over_kept_targets():
-    torch.manual_seed(0)
-    model = GPTModel(TINY).eval()
-    batches = [instruction_collate_fn(BATCH[:2]), instruction_collate_fn(BATCH[2:])]
-    with torch.no_grad():
-        total = sum(nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum").item()
-                    for x, y in batches)
-    count = sum((y != I).sum().item() for _, y in batches)
-    assert calc_response_loss(batches, model, "cpu") == pytest.approx(total / count, rel=1e-6)
-
-
 # --- the GPT-2 path, end to end, on random weights of GPT-2's shapes ------------------------------
 
 @pytest.fixture(scope="module")
@@ -487,80 +363,3 @@ def test_gpt2_path_end_to_end(gpt2_shaped_weights, tmp_path, monkeypatch, capsys
     with torch.no_grad():
         assert torch.equal(last_real_token_logits(reloaded, batch), last_real_token_logits(model, batch))
     assert [classify(t, reloaded, tokenizer, "cpu") for t in texts] == [classify(t, model, tokenizer, "cpu") for t in texts]
-
-
-# --- 6b's score that needs no judge ---------------------------------------------------------------
-
-def test_contains_answer_on_hand_made_responses():
-    assert contains_answer("Jane Austen.", "Jane Austen.")                            # right
-    assert not contains_answer("Charles Dickens.", "Jane Austen.")                    # wrong
-    assert not contains_answer("", "Jane Austen.")                                    # empty
-    assert contains_answer("It was written in 1813 by jane austen, a novelist.", "Jane Austen.")  # buried
-    assert not contains_answer("Austen, Jane", "Jane Austen.")                        # words in order
-    assert not contains_answer("Hgx", "Hg.")                                          # whole words
-    with pytest.raises(ValueError, match="no words"):
-        contains_answer("anything", "...")
-
-
-def test_word_f1_on_hand_computed_values():
-    assert word_f1("Jane Austen.", "Jane Austen") == 1.0
-    assert word_f1("", "Jane Austen") == 0.0
-    assert word_f1("Charles Dickens", "Jane Austen") == 0.0
-    # shared: {the, sky, blue} = 3; precision 3/4, recall 3/3 -> F1 = 2 * 0.75 * 1 / 1.75
-    assert word_f1("The sky is blue", "the blue sky") == pytest.approx(2 * 0.75 / 1.75)
-
-
-def test_score_responses_counts_the_short_answer_items():
-    entries = [{"output": "Jane Austen."}, {"output": "Hg."}, {"output": "The capital of France is Paris."}]
-    score = score_responses(entries, ["The author is Jane Austen.", "", "Paris is the capital of France."])
-    assert score["short_answer_items"] == 2 and score["short_answer_hits"] == 1
-    expected_f1 = (2 * (2 / 5) * 1 / (2 / 5 + 1) + 0.0 + 1.0) / 3
-    assert score["mean_word_f1"] == pytest.approx(expected_f1)
-    with pytest.raises(ValueError, match="one response per entry"):
-        score_responses(entries, ["only one"])
-
-
-# --- 6b's LLM judge, against a fake Ollama server on 127.0.0.1 ------------------------------------
-
-class FakeOllama(BaseHTTPRequestHandler):
-    requests = []
-
-    def do_GET(self):
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"Ollama is running")
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeOllama.requests.append((self.path, body))
-        prompt = body["messages"][0]["content"]
-        reply = ["8", "5"] if "Jane Austen" in prompt.split("score the model response")[1] else ["no idea"]
-        self.send_response(200)
-        self.end_headers()
-        for part in reply:  # streamed, one JSON object per line, as Ollama does
-            self.wfile.write(json.dumps({"message": {"content": part}}).encode() + b"\n")
-
-    def log_message(self, *args):
-        pass
-
-
-def test_judge_scores_with_a_fake_ollama_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOllama)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        assert ollama_is_running(url, timeout=2)
-        entry = {"instruction": "Name the author of 'Pride and Prejudice'.", "input": "", "output": "Jane Austen."}
-        scores, unreadable = judge_scores([entry, entry], ["Jane Austen.", "Dickens"], url=url)
-        assert scores == [85] and unreadable == 1
-        path, body = FakeOllama.requests[0]
-        assert path == "/api/chat" and body["model"] == "llama3"
-        assert body["options"] == {"seed": 123, "temperature": 0, "num_ctx": 2048}
-        assert format_input(entry) in body["messages"][0]["content"]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-    assert not thread.is_alive()
-    assert not ollama_is_running(url, timeout=0.5)  # the server is gone: no judge
