@@ -44,15 +44,11 @@ from course.ch5b_modern import (SMOLLM2_135M_CONFIG, SMOLLM2_GGUF, SYSTEM_PROMPT
                                 apply_rope, chat, chat_prompt, generate_batch, gguf_config, gguf_state_dict,
                                 load_gguf, load_smollm2, pairs_to_halves, read_gguf, rope_angles)
 # 6a Classification: finetune/LLM-finetune-classification.ipynb -> course/ch6a_classification.py
-from course.ch6a_classification import (BASE_RECIPE, BOOK_FINETUNE, STAND_IN_CONFIG, STAND_IN_FINETUNE,
-                                        CompactTokenizer, SpamDataset, base_model_path,
-                                        calc_accuracy_loader, calc_loss_batch_classifier,
-                                        calc_loss_loader_classifier, classify, compact_tokenizer,
-                                        create_balanced_dataset,
-                                        evaluate_classifier, last_real_token_logits, load_base_model,
-                                        make_classifier, pretrain_base_model, random_split,
-                                        read_sms_collection, to_full_vocabulary,
-                                        train_classifier_simple)
+from course.ch6a_classification import (BASE_MODELS, NaiveBayes, SpamDataset, TopLayers, TrunkOutputs,
+                                        calc_accuracy_loader, calc_loss_batch_classifier, classify,
+                                        create_balanced_dataset, hidden_states_before, last_real_token_logits,
+                                        load_base_model, make_classifier, random_base_model, random_split,
+                                        read_sms_collection, train_classifier, word_counts, words)
 # 6b Instructions: finetune/LLM-finetune-instructions.ipynb -> course/ch6b_instructions.py
 from course.ch6b_instructions import (OLLAMA_URL, RECIPES, InstructionDataset, answer_f1, answer_words,
                                       calc_loss_batch_at_targets, calc_response_loss, format_input,
