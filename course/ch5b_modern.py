@@ -3,6 +3,8 @@
 
 
 # %% post_training/LLM-modern-open-model.ipynb, cell 5
+import inspect
+
 import regex
 import torch
 import torch.nn as nn
@@ -10,8 +12,7 @@ import torch.nn.functional as F
 
 from course.ch1b_tokenizer import GPT2Tokenizer  # chapter 1b's byte-level BPE
 from course.ch3_architecture import GPTModel  # chapter 3 (for its input checks)
-from course.ch4_training import generate as generate_uncached  # chapter 4's sampling loop
-from course.ch4b_performance import KVCache, KVCachedModel, check_fits  # chapter 4b's KV cache
+from course.ch4b_performance import check_fits, generate  # chapter 4b: generate() with the KV cache
 from course.infra import CheckpointError, get_data_file  # not taught: files and errors
 
 
@@ -91,9 +92,9 @@ class GroupedQueryAttention(nn.Module):
     (query head h reads key/value head h // (num_heads / num_kv_heads)); queries and keys are
     rotated by their positions (RoPE). No biases, no dropout."""
 
-    def __init__(self, d_in, num_heads, num_kv_heads):
+    def __init__(self, d_in, num_heads, num_kv_heads, rope_base):
         super().__init__()
-        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.num_heads, self.num_kv_heads, self.rope_base = num_heads, num_kv_heads, rope_base
         self.head_dim = d_in // num_heads
         self.group_size = num_heads // num_kv_heads  # query heads per key/value head
         self.W_query = nn.Linear(d_in, num_heads * self.head_dim, bias=False)
@@ -106,11 +107,13 @@ class GroupedQueryAttention(nn.Module):
         b, num_tokens, _ = x.shape
         return x.view(b, num_tokens, heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x, cos, sin, kv_cache=None, mask=None):
-        """x: (b, num_tokens, d_in); cos, sin: the rotation tables of these tokens' positions;
-        kv_cache: chapter 4b's KVCache (it stores num_kv_heads heads); mask: None for plain
-        causal attention, else a bool (b, 1, num_tokens, keys) tensor, True where a query may look."""
+    def forward(self, x, kv_cache=None, mask=None):
+        """x: (b, num_tokens, d_in), the tokens after the kv_cache's (chapter 4b's KVCache, which
+        stores num_kv_heads heads); mask: None for plain causal attention, else a bool
+        (b, 1, num_tokens, keys) tensor, True where a query may look."""
         b, num_tokens, _ = x.shape
+        past = 0 if kv_cache is None else kv_cache.num_tokens  # the new tokens' positions start here
+        cos, sin = rope_angles(self.head_dim, self.rope_base, torch.arange(past, past + num_tokens, device=x.device))
         queries = apply_rope(self.split_heads(self.W_query(x), self.num_heads), cos, sin)
         keys = apply_rope(self.split_heads(self.W_key(x), self.num_kv_heads), cos, sin)
         values = self.split_heads(self.W_value(x), self.num_kv_heads)
@@ -130,13 +133,13 @@ class LlamaBlock(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.att = GroupedQueryAttention(cfg["emb_dim"], cfg["n_heads"], cfg["n_kv_heads"])
+        self.att = GroupedQueryAttention(cfg["emb_dim"], cfg["n_heads"], cfg["n_kv_heads"], cfg["rope_base"])
         self.ff = SwiGLU(cfg)
         self.norm1 = RMSNorm(cfg["emb_dim"], cfg["norm_eps"])
         self.norm2 = RMSNorm(cfg["emb_dim"], cfg["norm_eps"])
 
-    def forward(self, x, cos, sin, kv_cache=None, mask=None):
-        x = x + self.att(self.norm1(x), cos, sin, kv_cache, mask)
+    def forward(self, x, kv_cache=None, mask=None):
+        x = x + self.att(self.norm1(x), kv_cache, mask)
         return x + self.ff(self.norm2(x))
 
 
@@ -194,7 +197,6 @@ class LlamaModel(nn.Module):
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
         if cfg["tie_weights"]:
             self.out_head.weight = self.tok_emb.weight  # one matrix at both ends
-        self.head_dim, self.rope_base = cfg["emb_dim"] // cfg["n_heads"], cfg["rope_base"]  # for RoPE
 
     check_token_ids = GPTModel.check_token_ids  # chapter 3's checks of in_idx, unchanged
 
@@ -210,12 +212,10 @@ class LlamaModel(nn.Module):
         num_tokens = in_idx.shape[1]
         past = 0 if caches[0] is None else caches[0].num_tokens  # tokens already in the cache
         check_fits(num_tokens, past, self.context_length, "the model")
-        positions = torch.arange(past, past + num_tokens, device=in_idx.device)  # of the new tokens
-        cos, sin = rope_angles(self.head_dim, self.rope_base, positions)
         mask = attention_mask(num_tokens, past, padding_mask, in_idx.device)
         x = self.tok_emb(in_idx)
         for block, cache in zip(self.trf_blocks, caches):
-            x = block(x, cos, sin, cache, mask)
+            x = block(x, cache, mask)
         return self.out_head(self.final_norm(x))  # (batch, num_tokens, vocab_size)
 
 
@@ -381,7 +381,7 @@ def chat_prompt(messages, add_generation_prompt=True):
 # %% post_training/LLM-modern-open-model.ipynb, cell 82
 class LeftPadded(nn.Module):
     """model seen through a batch of left-padded rows: forward() adds the padding mask, for any
-    number of cached tokens, so chapter 4b's KVCachedModel and chapter 4's generate() drive it."""
+    number of cached tokens, so chapter 4b's generate() drives it with the KV cache."""
 
     def __init__(self, model, num_padding):
         super().__init__()
@@ -395,9 +395,10 @@ class LeftPadded(nn.Module):
 
 
 def generate_batch(model, prompts, max_new_tokens, eos_id, pad_id, temperature=0.0, top_k=None):
-    """Continue several prompts (lists of token ids) at once: left-pad them to one length, run
-    with the KV cache and the padding mask, and return each row's new tokens up to (not
-    including) eos_id. Greedy rows get the tokens they get alone."""
+    """Continue several prompts (lists of token ids) at once with chapter 4b's generate(): left-pad
+    them to one length and give the model the padding mask, then return each row's new tokens up
+    to (not including) eos_id. Greedy rows get the tokens they get alone. A model whose forward
+    takes no padding_mask (GPT-2: its learned positions would shift) runs the rows one by one."""
     if not prompts or any(not isinstance(p, (list, tuple)) or not p for p in prompts):
         raise ValueError("prompts must be a non-empty list of non-empty lists of token ids")
     longest = max(len(p) for p in prompts)
@@ -405,11 +406,14 @@ def generate_batch(model, prompts, max_new_tokens, eos_id, pad_id, temperature=0
         raise ValueError(f"The longest prompt has {longest} tokens; with max_new_tokens={max_new_tokens} that "
                          f"needs {longest + max_new_tokens} positions, but the model supports at most "
                          f"context_length={model.context_length}. Shorten the prompt or ask for fewer tokens.")
+    same_length = all(len(p) == longest for p in prompts)
+    if not same_length and "padding_mask" not in inspect.signature(model.forward).parameters:
+        return [generate_batch(model, [p], max_new_tokens, eos_id, pad_id, temperature, top_k)[0] for p in prompts]
     device = next(model.parameters()).device
     idx = torch.tensor([[pad_id] * (longest - len(p)) + list(p) for p in prompts], device=device)
     num_padding = torch.tensor([longest - len(p) for p in prompts], device=device)
-    cached = KVCachedModel(LeftPadded(model, num_padding))  # chapter 4b's cache behind the padding
-    out = generate_uncached(cached, idx, max_new_tokens, model.context_length, temperature, top_k, eos_id)
+    padded = model if same_length else LeftPadded(model, num_padding)
+    out = generate(padded, idx, max_new_tokens, model.context_length, temperature, top_k, eos_id)
     rows = out[:, longest:].tolist()
     return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
 

