@@ -209,7 +209,7 @@ def generate_responses(model, tokenizer, prompts, end_id, max_new_tokens=48, bat
 
 # %% finetune/LLM-finetune-instructions.ipynb, cell 45
 RECIPES = {  # how 6b finetunes each base model
-    "smollm2": {"trainable_blocks": 2, "train_examples": 300, "num_epochs": 2, "lr": 2e-4,
+    "smollm2": {"trainable_blocks": 2, "train_examples": 200, "num_epochs": 2, "lr": 3e-4,
                 "weight_decay": 0.1, "batch_size": 8},  # what a laptop CPU can afford
     "gpt2-medium": {"trainable_blocks": 24, "train_examples": 935, "num_epochs": 2, "lr": 5e-5,
                     "weight_decay": 0.1, "batch_size": 8},  # Raschka's chapter 7 (all blocks; a GPU)
