@@ -50,11 +50,9 @@ from course.ch6a_classification import (BASE_MODELS, NaiveBayes, SpamDataset, To
                                         load_base_model, make_classifier, random_base_model, random_split,
                                         read_sms_collection, train_classifier, word_counts, words)
 # 6b Instructions: finetune/LLM-finetune-instructions.ipynb -> course/ch6b_instructions.py
-from course.ch6b_instructions import (OLLAMA_URL, RECIPES, InstructionDataset, answer_f1, answer_words,
-                                      calc_loss_batch_at_targets, calc_response_loss, format_input,
-                                      generate_responses, has_key_answer, instruction_collate_fn, judge_scores,
-                                      logits_at_targets, nearest_training_answer, ollama_is_running,
-                                      prompt_words, query_ollama, score_responses, train_top_layers,
-                                      trunk_outputs, uncopied_words, word_f1)
+from course.ch6b_instructions import (RECIPES, InstructionDataset, answer_f1, answer_words, calc_loss_batch_at_targets,
+                                      calc_response_loss, format_input, generate_responses, has_key_answer,
+                                      instruction_collate_fn, judge_scores, logits_at_targets, nearest_training_answer,
+                                      ollama_is_running, score_responses, train_top_layers, trunk_outputs, word_f1)
 # 6c LoRA: finetune/LLM-finetune-lora.ipynb -> course/ch6c_lora.py
 from course.ch6c_lora import LORA_TARGETS, LinearWithLoRA, LoRALayer, add_lora, merge_lora

@@ -11,13 +11,13 @@ import torch
 import torch.nn as nn
 
 from course.ch4_training import generate as generate_uncached  # chapter 4's loop: no cache, no padding
+from course.ch6b_instructions import uncopied_words
 from helpers import (RECIPES, SMOLLM2_135M_CONFIG, GPTModel, InstructionDataset, LlamaModel, TopLayers,
                      answer_f1, answer_words, calc_loss_batch, calc_loss_batch_at_targets, calc_response_loss,
                      format_input, generate_responses, get_data_file, gpt2_config, has_key_answer,
                      hidden_states_before, instruction_collate_fn, judge_scores, load_checkpoint,
                      logits_at_targets, nearest_training_answer, ollama_is_running, random_base_model,
-                     save_checkpoint, score_responses, train_top_layers, trunk_outputs, uncopied_words,
-                     word_f1)
+                     save_checkpoint, score_responses, train_top_layers, trunk_outputs, word_f1)
 
 E = 50256  # GPT-2's <|endoftext|>, the padding id in these batches
 I = -100   # cross_entropy's default ignore_index
