@@ -4,6 +4,7 @@
 
 # %% finetune/LLM-finetune-instructions.ipynb, cell 4
 import json
+import random
 import re
 import urllib.request
 from collections import Counter
@@ -11,9 +12,11 @@ from collections import Counter
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
-from course.ch1_data import END_OF_TEXT_ID  # chapter 1
-from course.ch4b_performance import generate  # chapter 4's generate(), with chapter 4b's KV cache
+from course.ch4_training import evaluate_model  # chapter 4
+from course.ch5b_modern import generate_batch  # chapter 5b: left-padded rows, with the KV cache
+from course.ch6a_classification import hidden_states_before  # 6a: what the frozen lower layers compute
 
 
 # %% finetune/LLM-finetune-instructions.ipynb, cell 9
@@ -28,7 +31,7 @@ def format_input(entry):
     return instruction_text + input_text + "\n\n### Response:\n"
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 14
+# %% finetune/LLM-finetune-instructions.ipynb, cell 17
 class InstructionDataset(Dataset):
     """Each entry as (token ids of prompt + response, number of prompt tokens)."""
 
@@ -50,14 +53,13 @@ class InstructionDataset(Dataset):
         return len(self.items)
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 20
-def instruction_collate_fn(batch, pad_token_id=END_OF_TEXT_ID, ignore_index=-100,
-                           allowed_max_length=None, mask_prompt=True):
+# %% finetune/LLM-finetune-instructions.ipynb, cell 23
+def instruction_collate_fn(batch, pad_token_id, ignore_index=-100, allowed_max_length=None, mask_prompt=True):
     """Pad a batch of (token_ids, prompt_length) to one length and shift it into (inputs, targets).
 
-    Every sequence gets at least one end-of-text token; that first one stays in the targets (the
-    model must learn to stop), the rest of the padding becomes ignore_index, and so does the
-    prompt when mask_prompt is True: cross_entropy skips ignore_index targets.
+    Every sequence gets at least one padding token; that first one stays in the targets (it ends the
+    response: the model must learn to stop), the rest of the padding becomes ignore_index, and so
+    does the prompt when mask_prompt is True: cross_entropy skips ignore_index targets.
     """
     if not batch:
         raise ValueError("The batch is empty.")
@@ -67,7 +69,7 @@ def instruction_collate_fn(batch, pad_token_id=END_OF_TEXT_ID, ignore_index=-100
         padded = token_ids + [pad_token_id] * (batch_max_length - len(token_ids))
         inputs = torch.tensor(padded[:-1])   # (batch_max_length - 1,)
         targets = torch.tensor(padded[1:])   # the next token at every position
-        targets[len(token_ids):] = ignore_index  # all padding but the first end-of-text
+        targets[len(token_ids):] = ignore_index  # all padding but the first
         if mask_prompt:
             targets[:prompt_length - 1] = ignore_index  # predictions of prompt tokens
         if allowed_max_length is not None:
@@ -83,7 +85,7 @@ def instruction_collate_fn(batch, pad_token_id=END_OF_TEXT_ID, ignore_index=-100
     return torch.stack(inputs_lst), torch.stack(targets_lst)
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 26
+# %% finetune/LLM-finetune-instructions.ipynb, cell 29
 def logits_at_targets(model, inputs, targets, ignore_index=-100):
     """The scores at the positions whose target is kept, (num_kept, vocab_size), and those targets,
     (num_kept,): the output head runs on these positions only."""
@@ -104,7 +106,159 @@ def calc_loss_batch_at_targets(input_batch, target_batch, model, device):
     return torch.nn.functional.cross_entropy(logits, targets)
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 33
+# %% finetune/LLM-finetune-instructions.ipynb, cell 31
+ARTICLES = {"a", "an", "the"}  # dropped before words are compared, as SQuAD's evaluation does
+
+
+def answer_words(text):
+    """The words of a text as answers are compared: lower case, punctuation and the articles a, an,
+    the dropped. "The author is Jane Austen." -> ['author', 'is', 'jane', 'austen']."""
+    return [word for word in re.findall(r"\w+", text.lower()) if word not in ARTICLES]
+
+
+def prompt_words(entry):
+    """The words the prompt gives away: those of the instruction, then those of the input."""
+    return answer_words(entry["instruction"]) + answer_words(entry["input"])
+
+
+def word_f1(response_words, reference_words):
+    """SQuAD's F1 of two lists of words, as bags of words: the harmonic mean of precision (the share
+    of the response's words that the reference has) and recall (the share of the reference's words
+    that the response has)."""
+    shared = sum((Counter(response_words) & Counter(reference_words)).values())
+    if shared == 0:
+        return 0.0
+    precision, recall = shared / len(response_words), shared / len(reference_words)
+    return 2 * precision * recall / (precision + recall)
+
+
+def answer_f1(response, entry):
+    """Word F1 of response and reference, counting only words the prompt does not contain, so that
+    repeating the prompt earns nothing; plain word F1 where every word of the reference is in the
+    prompt (a label the prompt offers, a list to sort)."""
+    given = set(prompt_words(entry))
+    reference = answer_words(entry["output"])
+    new_in_reference = [word for word in reference if word not in given]
+    if not new_in_reference:
+        return word_f1(answer_words(response), reference)
+    return word_f1([word for word in answer_words(response) if word not in given], new_in_reference)
+
+
+def uncopied_words(response, entry, run=3):
+    """The response's words, less those in a run of `run` or more words copied from the prompt."""
+    words, given = answer_words(response), prompt_words(entry)
+    copied_runs = {tuple(given[i:i + run]) for i in range(len(given) - run + 1)}
+    copied = [False] * len(words)
+    for i in range(len(words) - run + 1):
+        if tuple(words[i:i + run]) in copied_runs:
+            copied[i:i + run] = [True] * run
+    return [word for word, was_copied in zip(words, copied) if not was_copied]
+
+
+def has_key_answer(response, entry):
+    """Do the reference's words appear in the response, in order and next to each other, outside
+    any stretch of words copied from the prompt?"""
+    answer, words = answer_words(entry["output"]), uncopied_words(response, entry)
+    if not answer:
+        raise ValueError(f"The reference {entry['output']!r} has no words to look for.")
+    return any(words[i:i + len(answer)] == answer for i in range(len(words) - len(answer) + 1))
+
+
+def score_responses(entries, responses, max_answer_words=3):
+    """The judge-free score of one response per entry: the mean answer F1 over all entries; the key
+    answers found among the short-answer entries (references of at most max_answer_words words);
+    and, to compare with, the mean plain word F1."""
+    if len(entries) != len(responses) or not entries:
+        raise ValueError(f"Got {len(entries)} entries and {len(responses)} responses: one response per entry.")
+    pairs = list(zip(entries, responses))
+    short = [(entry, response) for entry, response in pairs
+             if len(answer_words(entry["output"])) <= max_answer_words]
+    return {
+        "answer_f1": sum(answer_f1(response, entry) for entry, response in pairs) / len(pairs),
+        "key_answers": sum(has_key_answer(response, entry) for entry, response in short),
+        "short_items": len(short),
+        "word_f1": sum(word_f1(answer_words(response), answer_words(entry["output"]))
+                       for entry, response in pairs) / len(pairs),
+    }
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 36
+def nearest_training_answer(entry, train_data):
+    """The output of the training entry whose prompt shares the most words with entry's prompt (by
+    word F1): what a model that memorised the training set and looked answers up would say."""
+    words = prompt_words(entry)
+    return max(train_data, key=lambda other: word_f1(prompt_words(other), words))["output"]
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 40
+def generate_responses(model, tokenizer, prompts, end_id, max_new_tokens=48, batch_size=16, desc="answers"):
+    """The model's greedy continuation of each prompt (a list of token ids), up to end_id, as text:
+    prompts of similar lengths in one batch, left-padded, with the KV cache (5b's generate_batch)."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together
+    responses = [None] * len(prompts)
+    was_training = model.training
+    model.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc=desc):
+        rows = order[start:start + batch_size]
+        new_ids = generate_batch(model, [prompts[i] for i in rows], max_new_tokens, eos_id=end_id, pad_id=end_id)
+        for i, ids in zip(rows, new_ids):
+            responses[i] = tokenizer.decode(ids).strip()
+    model.train(was_training)
+    return responses
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 45
+RECIPES = {  # how 6b finetunes each base model
+    "smollm2": {"trainable_blocks": 2, "train_examples": 200, "num_epochs": 2, "lr": 3e-4,
+                "weight_decay": 0.1, "batch_size": 8},  # what a laptop CPU can afford
+    "gpt2-medium": {"trainable_blocks": 24, "train_examples": 935, "num_epochs": 2, "lr": 5e-5,
+                    "weight_decay": 0.1, "batch_size": 8},  # Raschka's chapter 7 (all blocks; a GPU)
+}
+
+
+def trunk_outputs(model, loader, first_block, device, desc="frozen layers"):
+    """Each batch (inputs, targets) of loader as (hidden, targets): hidden is what the model's layers
+    below trf_blocks[first_block] compute from inputs (6a's hidden_states_before), computed once."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        batches = [(hidden_states_before(model, first_block, inputs.to(device)), targets)
+                   for inputs, targets in tqdm(loader, desc=desc)]
+    model.train(was_training)
+    return batches
+
+
+def train_top_layers(top, train_batches, val_batches, optimizer, device, num_epochs, eval_freq, eval_iter,
+                     seed=123):
+    """Chapter 4's training loop for the top layers, on (hidden, targets) batches from trunk_outputs,
+    in a new random order each epoch, with calc_loss_batch_at_targets; every eval_freq steps the
+    training and validation losses (chapter 4's evaluate_model over eval_iter batches)."""
+    if not train_batches or eval_freq < 1:
+        raise ValueError(f"Need at least one training batch and eval_freq >= 1 (got {len(train_batches)} "
+                         f"batches, eval_freq={eval_freq}).")
+    order = random.Random(seed)  # the order of the batches, the same in every run
+    train_losses, val_losses, steps = [], [], []
+    step = -1
+    top.train()
+    for epoch in range(num_epochs):
+        for i in tqdm(order.sample(range(len(train_batches)), len(train_batches)), desc=f"epoch {epoch + 1}"):
+            hidden, targets = train_batches[i]
+            optimizer.zero_grad()
+            loss = calc_loss_batch_at_targets(hidden, targets, top, device)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step % eval_freq == 0:
+                train_loss, val_loss = evaluate_model(top, train_batches, val_batches, device, eval_iter,
+                                                      calc_loss=calc_loss_batch_at_targets)
+                train_losses.append(train_loss)
+                val_losses.append(val_loss)
+                steps.append(step)
+                print(f"Ep {epoch + 1} (step {step:04d}): train loss {train_loss:.3f}, val loss {val_loss:.3f}")
+    return train_losses, val_losses, steps
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 50
 def calc_response_loss(data_loader, model, device):
     """Mean cross-entropy per kept target token (sum over all of them, then divide by their number)."""
     was_training = model.training
@@ -119,59 +273,7 @@ def calc_response_loss(data_loader, model, device):
     return total_loss / num_targets
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 36
-def generate_response(entry, model, tokenizer, device, max_new_tokens=30):
-    """The model's greedy response to one entry, without the prompt and the end-of-text."""
-    prompt_ids = torch.tensor([tokenizer.encode(format_input(entry))], device=device)
-    token_ids = generate(model, prompt_ids, max_new_tokens=max_new_tokens,
-                         context_size=model.context_length, eos_id=END_OF_TEXT_ID)
-    response_ids = token_ids[0, prompt_ids.shape[1]:].tolist()
-    if response_ids and response_ids[-1] == END_OF_TEXT_ID:
-        response_ids = response_ids[:-1]  # the end-of-text is a stop signal, not text
-    return tokenizer.decode(response_ids).strip()
-
-
-# %% finetune/LLM-finetune-instructions.ipynb, cell 38
-def answer_words(text):
-    """The words of a text, lower-cased, punctuation dropped: "Jane Austen." -> ['jane', 'austen']."""
-    return re.findall(r"\w+", text.lower())
-
-
-def contains_answer(response, reference):
-    """Do the reference's words appear in the response, in order and next to each other?"""
-    answer, words = answer_words(reference), answer_words(response)
-    if not answer:
-        raise ValueError(f"The reference {reference!r} has no words to look for.")
-    return any(words[i:i + len(answer)] == answer for i in range(len(words) - len(answer) + 1))
-
-
-def word_f1(response, reference):
-    """The F1 of SQuAD: the words response and reference share (as bags of words), as the harmonic
-    mean of precision (share of the response's words) and recall (share of the reference's)."""
-    response_words, reference_words = Counter(answer_words(response)), Counter(answer_words(reference))
-    shared = sum((response_words & reference_words).values())
-    if shared == 0:
-        return 0.0
-    precision, recall = shared / sum(response_words.values()), shared / sum(reference_words.values())
-    return 2 * precision * recall / (precision + recall)
-
-
-def score_responses(entries, responses, max_answer_words=3):
-    """A score that needs no judge: on the short-answer items (references of at most
-    max_answer_words words), how many responses contain the reference; on all items, the mean
-    word F1 of response and reference."""
-    if len(entries) != len(responses) or not entries:
-        raise ValueError(f"Got {len(entries)} entries and {len(responses)} responses: one response per entry.")
-    short = [(entry, response) for entry, response in zip(entries, responses)
-             if len(answer_words(entry["output"])) <= max_answer_words]
-    return {
-        "short_answer_hits": sum(contains_answer(response, entry["output"]) for entry, response in short),
-        "short_answer_items": len(short),
-        "mean_word_f1": sum(word_f1(r, e["output"]) for e, r in zip(entries, responses)) / len(entries),
-    }
-
-
-# %% finetune/LLM-finetune-instructions.ipynb, cell 64
+# %% finetune/LLM-finetune-instructions.ipynb, cell 65
 OLLAMA_URL = "http://127.0.0.1:11434"  # where a local Ollama server listens
 
 

@@ -489,12 +489,12 @@ def gpt2_encode():
 # --- Chapter 6: finetuning ----------------------------------------------------------------------
 
 def classification_head():
-    fig, ax = _canvas(14, 4.8, "A classifier from a GPT: a new head, read at the last real token")
-    tokens = ["You", "won", "$1000", "!", "⟨eot⟩", "⟨eot⟩"]
+    fig, ax = _canvas(14, 4.8, "A classifier from a pretrained LLM: a new head, read at the last real token")
+    tokens = ["You", "won", "$1000", "!", "⟨pad⟩", "⟨pad⟩"]
     for i, t in enumerate(tokens):
-        box(ax, 1.4 + i * 1.5, 4.0, t, "loss" if t == "⟨eot⟩" else "data", w=1.3, h=0.6, size=FONT - 1)
-    note(ax, 11.8, 4.0, "padded on the right with\nEND_OF_TEXT_ID (⟨eot⟩)", size=FONT - 2)
-    box(ax, 5.1, 2.8, "GPTModel blocks (pretrained)", "module", w=8.6, h=0.7)
+        box(ax, 1.4 + i * 1.5, 4.0, t, "loss" if t == "⟨pad⟩" else "data", w=1.3, h=0.6, size=FONT - 1)
+    note(ax, 11.8, 4.0, "padded on the right with\nthe tokenizer's pad id", size=FONT - 2)
+    box(ax, 5.1, 2.8, "transformer blocks (pretrained)", "module", w=8.6, h=0.7)
     last = box(ax, 5.9, 1.3, "output at the last\nreal token", "data", w=2.6, h=0.9)
     head = box(ax, 9.6, 1.3, "out_head:\nLinear(emb_dim, 2)", "module", w=2.6, h=0.9)
     out = box(ax, 12.7, 1.3, "not spam | spam", "data", w=2.4, h=0.7)
@@ -523,9 +523,9 @@ def instruction_batch():
 
 def frozen_layers():
     fig, ax = _canvas(12, 6.4, "Finetuning a classifier: what is frozen, what trains")
-    items = [("tok_emb + pos_emb", "note", "frozen (GPT-2) / trained (stand-in)"),
-             ("TransformerBlock 0 ... n-2", "note", "frozen (GPT-2) / trained (stand-in)"),
-             ("last TransformerBlock", "module", "trained"), ("final_norm", "module", "trained"),
+    items = [("tok_emb (+ pos_emb in GPT-2)", "note", "frozen"),
+             ("transformer blocks 0 ... n-2", "note", "frozen: run once, outputs kept"),
+             ("last transformer block", "module", "trained"), ("final_norm", "module", "trained"),
              ("new out_head: Linear(emb_dim, 2)", "loss", "new, trained")]
     boxes = [box(ax, 3.6, 5.5 - i * 1.1, text, kind, w=5.6, h=0.75) for i, (text, kind, _) in enumerate(items)]
     for a, b in zip(boxes, boxes[1:]):

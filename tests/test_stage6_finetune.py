@@ -1,28 +1,29 @@
-"""Stage 6: the finetuning building blocks, checked on tiny models and hand-written batches, and
-the GPT-2 path end to end on random weights of GPT-2's shapes."""
+"""Stage 6a: the finetuning building blocks, checked on tiny models and hand-written batches, and
+the GPT-2 path end to end on random weights of GPT-2's shapes. (6b's tests: test_stage6b_instructions.py.)"""
 import json
+import math
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import tiktoken
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader
 
-import course.ch6a_classification as ch6a  # where load_base_model looks GPT-2 up
+import course.ch6a_classification as ch6a
 import course.infra
-from helpers import (BOOK_FINETUNE, CompactTokenizer, DataFileError, GPTModel, InstructionDataset,
-                     SpamDataset, base_model_path, calc_loss_batch, calc_loss_batch_at_targets,
-                     calc_response_loss, classify, compact_tokenizer, contains_answer, format_input, gpt2_config,
-                     get_data_file, instruction_collate_fn, judge_scores, last_real_token_logits,
-                     load_base_model, load_checkpoint, logits_at_targets, make_classifier,
-                     ollama_is_running, save_checkpoint, score_responses, to_full_vocabulary,
-                     train_classifier_simple, word_f1)
+from course.ch5b_modern import SMOLLM2_135M_CONFIG, LlamaModel
+from helpers import (GPTModel, NaiveBayes, SpamDataset, TopLayers, TrunkOutputs, calc_accuracy_loader,
+                     calc_loss_batch, classify, gpt2_config, hidden_states_before, last_real_token_logits,
+                     load_base_model, load_checkpoint, make_adamw, make_classifier, random_base_model,
+                     save_checkpoint, train_classifier, word_counts, words)
 
 E = 50256  # GPT-2's <|endoftext|>, the padding id
 I = -100   # cross_entropy's default ignore_index
 TINY = {"vocab_size": 50257, "context_length": 16, "emb_dim": 8, "n_heads": 2, "n_layers": 2,
         "drop_rate": 0.0, "qkv_bias": False}
+TINY_LLAMA = {**SMOLLM2_135M_CONFIG, "vocab_size": 50257, "context_length": 16, "emb_dim": 16, "n_heads": 4,
+              "n_kv_heads": 2, "n_layers": 3, "hidden_dim": 24}  # GPT-2's vocabulary, so tiktoken's ids fit
 
 
 @pytest.fixture(scope="module")
@@ -30,96 +31,32 @@ def tokenizer():
     return tiktoken.get_encoding("gpt2")
 
 
-def tiny_classifier(seed=0):
+def tiny_classifier(seed=0, cfg=TINY):
     torch.manual_seed(seed)
-    model = GPTModel(TINY)
-    model.out_head = nn.Linear(TINY["emb_dim"], 2)
+    model = GPTModel(cfg) if "qkv_bias" in cfg else LlamaModel(cfg)
+    model.out_head = nn.Linear(cfg["emb_dim"], 2)
     return model.eval()
 
 
-# --- the instruction collate function ---------------------------------------------------------
-
-BATCH = [([1, 2, 3, 4, 5], 2), ([6, 7], 1), ([8, 9, 10], 1)]  # (token ids, prompt length)
-
-
-def test_collate_pads_shifts_and_masks_all_but_the_first_end_of_text():
-    inputs, targets = instruction_collate_fn(BATCH, mask_prompt=False)
-    assert torch.equal(inputs, torch.tensor([[1, 2, 3, 4, 5],
-                                             [6, 7, E, E, E],
-                                             [8, 9, 10, E, E]]))
-    assert torch.equal(targets, torch.tensor([[2, 3, 4, 5, E],
-                                              [7, E, I, I, I],
-                                              [9, 10, E, I, I]]))
-
-
-def test_collate_masks_the_prompt():
-    _, targets = instruction_collate_fn(BATCH, mask_prompt=True)
-    # row 0: prompt [1, 2]; predicting token 2 is the prompt's job, so only that target is masked
-    assert torch.equal(targets, torch.tensor([[I, 3, 4, 5, E],
-                                              [7, E, I, I, I],
-                                              [9, 10, E, I, I]]))
-
-
-def test_collate_truncates_to_allowed_max_length():
-    inputs, targets = instruction_collate_fn(BATCH, allowed_max_length=3, mask_prompt=False)
-    assert torch.equal(inputs, torch.tensor([[1, 2, 3], [6, 7, E], [8, 9, 10]]))
-    assert torch.equal(targets, torch.tensor([[2, 3, 4], [7, E, I], [9, 10, E]]))
-
-
-def test_collate_keeps_an_end_of_text_inside_the_text():
-    """Padding is found by length, not by value: a real 50256 in the text stays a target."""
-    _, targets = instruction_collate_fn([([7, E, 8], 1), ([9], 1)], mask_prompt=False)
-    assert torch.equal(targets, torch.tensor([[E, 8, E], [E, I, I]]))
-
-
-def test_cross_entropy_ignores_the_masked_targets():
-    inputs, targets = instruction_collate_fn(BATCH, mask_prompt=True)
-    torch.manual_seed(0)
-    logits = torch.randn(*inputs.shape, 50257)
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-    kept = [(b, t) for b in range(targets.shape[0]) for t in range(targets.shape[1]) if targets[b, t] != I]
-    manual = sum(-torch.log_softmax(logits[b, t], dim=-1)[targets[b, t]] for b, t in kept) / len(kept)
-    assert len(kept) == 9
-    assert torch.isclose(loss, manual, atol=1e-5)
-
-
-def test_collate_rejects_an_example_left_without_targets():
-    with pytest.raises(ValueError, match="allowed_max_length"):
-        instruction_collate_fn([([1, 2, 3, 4], 3)], allowed_max_length=2, mask_prompt=True)
-    with pytest.raises(ValueError, match="empty"):
-        instruction_collate_fn([])
-
-
-# --- the instruction data ----------------------------------------------------------------------
-
-def test_format_input_with_and_without_input():
-    header = ("Below is an instruction that describes a task. Write a response that appropriately "
-              "completes the request.\n\n### Instruction:\n")
-    assert format_input({"instruction": "Add.", "input": "2 + 2", "output": "4"}) == \
-        header + "Add.\n\n### Input:\n2 + 2\n\n### Response:\n"
-    assert format_input({"instruction": "Say hi.", "input": "", "output": "Hi"}) == \
-        header + "Say hi.\n\n### Response:\n"
-
-
-def test_instruction_dataset_records_the_prompt_length(tokenizer):
-    entry = {"instruction": "Say hi.", "input": "", "output": "Hi there."}
-    token_ids, prompt_length = InstructionDataset([entry], tokenizer)[0]
-    assert token_ids[:prompt_length] == tokenizer.encode(format_input(entry))
-    assert tokenizer.decode(token_ids[prompt_length:]) == "Hi there."
-    with pytest.raises(ValueError, match="'output'"):
-        InstructionDataset([{"instruction": "x", "input": ""}], tokenizer)
+def pad(ids, length):
+    return ids + [E] * (length - len(ids))
 
 
 # --- the classifier ----------------------------------------------------------------------------
 
-def test_last_real_token_ignores_any_amount_of_padding(tokenizer):
-    model = tiny_classifier()
+BOTH = pytest.mark.parametrize("cfg", [TINY, TINY_LLAMA], ids=["gpt", "llama"])
+
+
+@BOTH
+def test_last_real_token_ignores_any_amount_of_padding(tokenizer, cfg):
+    model = tiny_classifier(cfg=cfg)
     ids = tokenizer.encode("Win a free prize now")
     with torch.no_grad():
         reference = model(torch.tensor([ids]))[0, -1]  # no padding at all
-        for length in range(len(ids), TINY["context_length"] + 1):
-            padded = torch.tensor([ids + [E] * (length - len(ids))])
-            assert torch.allclose(last_real_token_logits(model, padded)[0], reference, atol=1e-5), length
+        for length in range(len(ids), cfg["context_length"] + 1):
+            padded = torch.tensor([pad(ids, length)])
+            logits = last_real_token_logits(model, padded, torch.tensor([len(ids)]))
+            assert torch.allclose(logits[0], reference, atol=1e-5), length
 
 
 def test_last_position_does_change_with_padding(tokenizer):
@@ -127,22 +64,24 @@ def test_last_position_does_change_with_padding(tokenizer):
     model = tiny_classifier()
     ids = tokenizer.encode("Win a free prize now")
     with torch.no_grad():
-        short = model(torch.tensor([ids + [E] * 2]))[0, -1]
-        long = model(torch.tensor([ids + [E] * 8]))[0, -1]
+        short = model(torch.tensor([pad(ids, len(ids) + 2)]))[0, -1]
+        long = model(torch.tensor([pad(ids, len(ids) + 8)]))[0, -1]
     assert not torch.allclose(short, long, atol=1e-5)
 
 
-def test_last_real_token_per_row_of_a_mixed_batch(tokenizer):
-    model = tiny_classifier(seed=1)
+@BOTH
+def test_last_real_token_per_row_of_a_mixed_batch(tokenizer, cfg):
+    model = tiny_classifier(seed=1, cfg=cfg)
     texts = ["Hi", "Call me later, ok?", "URGENT! You have won a 1 week FREE membership"]
     encoded = [tokenizer.encode(t) for t in texts]
-    batch = torch.tensor([ids + [E] * (TINY["context_length"] - len(ids)) for ids in encoded])
+    batch = torch.tensor([pad(ids, cfg["context_length"]) for ids in encoded])
+    num_real = torch.tensor([len(ids) for ids in encoded])
     with torch.no_grad():
-        logits = last_real_token_logits(model, batch)
+        logits = last_real_token_logits(model, batch, num_real)
         for row, ids in enumerate(encoded):
             assert torch.allclose(logits[row], model(torch.tensor([ids]))[0, -1], atol=1e-5)
     with pytest.raises(ValueError, match="only padding"):
-        last_real_token_logits(model, torch.full((1, 4), E))
+        last_real_token_logits(model, torch.full((1, 4), E), torch.tensor([0]))
 
 
 def test_read_sms_collection_reads_quotes_as_pandas_does(tmp_path):
@@ -162,12 +101,16 @@ def test_read_sms_collection_rejects_a_malformed_line(tmp_path, line):
         ch6a.read_sms_collection(path)
 
 
+def book_split():
+    rows = ch6a.read_sms_collection(course.infra.get_data_file("SMSSpamCollection.tsv"))
+    return rows, ch6a.random_split(ch6a.create_balanced_dataset(rows), 0.7, 0.1)
+
+
 def test_the_split_is_the_books():
     # Expected values from Raschka's chapter 6 code itself (pd.read_csv, sample(random_state=123)),
     # run here with pandas 3.1.1: the counts and the first two messages of each split.
-    rows = ch6a.read_sms_collection(get_data_file("SMSSpamCollection.tsv"))
+    rows, (train, val, test) = book_split()
     assert (len(rows), sum(label for _, label in rows)) == (5572, 747)
-    train, val, test = ch6a.random_split(ch6a.create_balanced_dataset(rows), 0.7, 0.1)
     assert [(len(split), sum(label for _, label in split)) for split in (train, val, test)] == \
         [(1045, 517), (149, 79), (300, 151)]
     assert [text[:30] for text, _ in train[:2]] == ["Dude how do you like the buff ", "Tessy..pls do me a favor. Pls "]
@@ -175,26 +118,28 @@ def test_the_split_is_the_books():
     assert [text[:30] for text, _ in test[:2]] == ["85233 FREE>Ringtone!Reply REAL", "Ur cash-balance is currently 5"]
 
 
-def test_spam_dataset_truncates_and_pads(tokenizer):
+def test_spam_dataset_truncates_pads_and_counts_real_tokens(tokenizer):
     long_text = "free " * 30
-    dataset = SpamDataset(["Hi there", long_text], [0, 1], tokenizer, max_length=6)
+    dataset = SpamDataset(["Hi there", long_text], [0, 1], tokenizer, max_length=6, pad_token_id=7)
     short_ids = tokenizer.encode("Hi there")
-    assert dataset[0][0].tolist() == short_ids + [E] * (6 - len(short_ids))
-    assert dataset[1][0].tolist() == tokenizer.encode(long_text)[:6]
-    assert dataset[1][1].item() == 1 and dataset.num_truncated == 1
+    (ids, num_real), label = dataset[0]
+    assert ids.tolist() == short_ids + [7] * (6 - len(short_ids)) and num_real.item() == len(short_ids)
+    (ids, num_real), label = dataset[1]
+    assert ids.tolist() == tokenizer.encode(long_text)[:6] and num_real.item() == 6
+    assert label.item() == 1 and dataset.num_truncated == 1
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n"])
 def test_empty_message_is_a_clear_error(tokenizer, text):
     with pytest.raises(ValueError, match="no text"):
-        SpamDataset(["fine", text], [0, 1], tokenizer, max_length=8)
+        SpamDataset(["fine", text], [0, 1], tokenizer, max_length=8, pad_token_id=E)
     with pytest.raises(ValueError, match="no text"):
         classify(text, tiny_classifier(), tokenizer, "cpu")
 
 
 def test_labels_must_match_texts(tokenizer):
     with pytest.raises(ValueError, match="one label per text"):
-        SpamDataset(["a", "b"], [0], tokenizer, max_length=8)
+        SpamDataset(["a", "b"], [0], tokenizer, max_length=8, pad_token_id=E)
 
 
 def test_classify_truncates_a_message_longer_than_the_context(tokenizer):
@@ -209,220 +154,153 @@ def test_classify_truncates_a_message_longer_than_the_context(tokenizer):
         classify(text, model, tokenizer, "cpu", max_length=TINY["context_length"] + 1)
 
 
-# --- the stand-in base and its cache -------------------------------------------------------------
-
-TINY_RECIPE = {"steps": 2, "batch_size": 2, "max_length": 8, "lr": 1e-3, "weight_decay": 0.1,
-               "val_fraction": 0.25, "seed": 123, "min_count": 1}
-TEXTS = ["Hello there, how are you? I am fine, thanks for asking.",
-         "Call me now to win a prize! Text WIN to 8008 now.",
-         "See you at dinner tonight, don't be late ok?",
-         "Ok lar... Joking wif u oni... see you soon."] * 2
-
-
-def test_cache_name_follows_config_recipe_and_texts(tmp_path):
-    name = base_model_path(TINY, TINY_RECIPE, TEXTS, tmp_path)
-    assert name.parent == tmp_path
-    assert base_model_path(dict(reversed(list(TINY.items()))), TINY_RECIPE, TEXTS, tmp_path) == name  # key order
-    assert base_model_path({**TINY, "n_layers": 3}, TINY_RECIPE, TEXTS, tmp_path) != name
-    assert base_model_path({**TINY, "context_length": 32}, TINY_RECIPE, TEXTS, tmp_path) != name
-    assert base_model_path(TINY, {**TINY_RECIPE, "steps": 3}, TEXTS, tmp_path) != name
-    assert base_model_path(TINY, TINY_RECIPE, TEXTS[:-1], tmp_path) != name
-    assert base_model_path(TINY, TINY_RECIPE, ["x" + TEXTS[0]] + TEXTS[1:], tmp_path) != name
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_the_helpers_leave_the_model_in_the_mode_they_found_it_in(tokenizer, mode):
+    model = tiny_classifier().train(mode == "train")
+    dataset = SpamDataset(["Hi there", "WIN cash now"], [0, 1], tokenizer, max_length=8, pad_token_id=E)
+    calc_accuracy_loader(DataLoader(dataset, batch_size=2), model, "cpu")
+    assert model.training == (mode == "train")
+    classify("Hi there", model, tokenizer, "cpu")
+    assert model.training == (mode == "train")
+    TrunkOutputs(model, dataset, 1, "cpu", bf16=False)
+    assert model.training == (mode == "train")
 
 
-def test_compact_tokenizer_round_trips_and_refuses_unknown_tokens(tokenizer):
-    text = "<|endoftext|>".join(TEXTS)
-    vocab = sorted(set(tokenizer.encode(text, allowed_special={"<|endoftext|>"})))
-    compact = CompactTokenizer(tokenizer, vocab)
-    ids = compact.encode(TEXTS[1])
-    assert sorted(set(ids)) == sorted(set(ids) & set(range(len(vocab))))  # ids 0..len(vocab)-1
-    assert [vocab[i] for i in ids] == tokenizer.encode(TEXTS[1])
-    assert compact.decode(ids) == TEXTS[1]
-    assert compact.num_inputs == compact.num_outputs == len(vocab)  # no rare tokens: no shared row
-    assert compact.output_targets(torch.tensor(ids)).tolist() == ids
-    with pytest.raises(ValueError, match="compact vocabulary"):
-        compact.encode("Photosynthesis")
+# --- Naive Bayes, against hand-computed values ---------------------------------------------------
+
+NB_TEXTS = ["free prize", "Free, free call!", "see you", "you call"]
+NB_LABELS = [1, 1, 0, 0]
 
 
-def test_tokens_seen_fewer_than_min_count_times_share_one_output_row(tokenizer):
-    """Counted by hand: "hello" and " hello" occur twice, " world", " there" and <|endoftext|> once."""
-    [hello], [space_hello], [world], [there] = (tokenizer.encode(t) for t in ("hello", " hello", " world", " there"))
-    compact = compact_tokenizer(["hello hello hello world", "hello there"], min_count=2)
-    assert compact.vocab == sorted([hello, space_hello])
-    assert compact.rare == sorted([world, there, E])
-    assert compact.rare_id == 2 and compact.num_outputs == 3 and compact.num_inputs == 6
-    ids = compact.encode("hello there world")
-    rare_ids = [3 + compact.rare.index(t) for t in (there, world)]  # after the shared row, id 2
-    assert ids == [compact.vocab.index(hello), *rare_ids]
-    assert compact.decode(ids) == "hello there world"  # every token keeps its own input id
-    assert compact.output_targets(torch.tensor(ids)).tolist() == [compact.vocab.index(hello), 2, 2]
-    assert compact.decode([compact.vocab.index(hello), 2]) == "hello<|rare|>"
-    everything = compact_tokenizer(["hello hello hello world", "hello there"], min_count=1)
-    assert everything.rare == [] and everything.vocab == sorted([hello, space_hello, world, there, E])
+def test_words_and_word_counts():
+    assert words("Free, free CALL_me at 0800!") == ["free", "free", "call_me", "at", "0800"]
+    vocab = {"call": 0, "free": 1}
+    assert word_counts(["free free call", "nothing known"], vocab).tolist() == [[1, 2], [0, 0]]
 
 
-def test_full_vocabulary_model_computes_what_the_compact_model_did(tokenizer):
-    """The expanded model, fed GPT-2 ids, gives the compact model's scores at the corpus tokens, and
-    zero scores at every other token."""
-    vocab = sorted(set(tokenizer.encode("<|endoftext|>".join(TEXTS), allowed_special={"<|endoftext|>"})))
-    torch.manual_seed(0)
-    compact_model = GPTModel({**TINY, "vocab_size": len(vocab)}).eval()
-    compact = CompactTokenizer(tokenizer, vocab)
-    full = to_full_vocabulary(compact_model, compact, TINY).eval()
-    gpt2_ids = tokenizer.encode(TEXTS[0])
-    with torch.no_grad():
-        expected = compact_model(torch.tensor([compact.encode(TEXTS[0])]))
-        logits = full(torch.tensor([gpt2_ids]))
-    assert logits.shape[-1] == 50257
-    assert torch.allclose(logits[..., vocab], expected, atol=1e-5)
-    others = torch.ones(50257, dtype=torch.bool)
-    others[vocab] = False
-    assert torch.equal(logits[..., others], torch.zeros_like(logits[..., others]))
+def test_naive_bayes_on_a_hand_computed_example():
+    """Vocabulary call, free, prize, see, you. Word counts in the spam texts 1, 3, 1, 0, 0 (5 words),
+    in the others 1, 0, 0, 1, 2 (4 words); with add-one smoothing P(w | spam) = (count + 1) / (5 + 5)
+    and P(w | not spam) = (count + 1) / (4 + 5); both classes have prior 1/2."""
+    bayes = NaiveBayes(NB_TEXTS, NB_LABELS)
+    assert list(bayes.vocab) == ["call", "free", "prize", "see", "you"]
+    expected = torch.tensor([[2 / 9, 1 / 9, 1 / 9, 2 / 9, 3 / 9], [2 / 10, 4 / 10, 2 / 10, 1 / 10, 1 / 10]])
+    assert torch.allclose(bayes.log_likelihood, expected.log())
+    assert torch.allclose(bayes.log_prior, torch.tensor([0.5, 0.5]).log())
+    # "free call": spam 0.4 * 0.2 = 0.08 > not spam (1/9) * (2/9) = 0.025 -> spam
+    # "you you never": spam 0.1 * 0.1 = 0.01 < not spam (3/9)^2 = 0.11 ("never" is not in the vocabulary)
+    # "prize see": spam 0.2 * 0.1 = 0.02 < not spam (1/9) * (2/9) = 0.0247 -> not spam, narrowly
+    assert bayes.predict(["free call", "you you never", "prize see"]).tolist() == [1, 0, 0]
 
 
-def test_full_vocabulary_model_reads_rare_tokens_as_the_compact_model_did(tokenizer):
-    """With a shared row: each rare token keeps its trained embedding, so on text with rare tokens
-    the full model gives the compact model's scores at the common tokens; the rest are zero."""
-    compact = compact_tokenizer(TEXTS[:3], min_count=2)
-    assert compact.rare and compact.vocab
-    torch.manual_seed(0)
-    compact_model = GPTModel({**TINY, "vocab_size": compact.num_inputs})
-    compact_model.out_head = nn.Linear(TINY["emb_dim"], compact.num_outputs, bias=False)
-    full = to_full_vocabulary(compact_model.eval(), compact, TINY).eval()
-    text = TEXTS[1]
-    assert max(compact.encode(text)) > compact.rare_id  # the text has rare tokens
-    with torch.no_grad():
-        expected = compact_model(torch.tensor([compact.encode(text)]))
-        logits = full(torch.tensor([tokenizer.encode(text)]))
-    assert torch.allclose(logits[..., compact.vocab], expected[..., :len(compact.vocab)], atol=1e-5)
-    others = torch.ones(50257, dtype=torch.bool)
-    others[compact.vocab] = False
-    assert torch.equal(logits[..., others], torch.zeros_like(logits[..., others]))
+def test_naive_bayes_uses_the_class_priors():
+    """Three not-spam texts and one spam text: priors 3/4 and 1/4 decide a text of unknown words."""
+    bayes = NaiveBayes(["a", "b", "c", "d"], [0, 0, 0, 1])
+    assert torch.allclose(bayes.log_prior.exp(), torch.tensor([0.75, 0.25]))
+    assert bayes.predict(["zzz"]).tolist() == [0]
 
 
-def test_pretraining_with_a_shared_row_gives_a_full_vocabulary_model(tmp_path):
-    recipe, texts = {**TINY_RECIPE, "min_count": 2}, TEXTS[:4]  # each text once: many rare tokens
-    compact = compact_tokenizer(texts, recipe["min_count"])
-    assert compact.rare
-    model, _, _ = load_base_model(None, TINY, recipe, texts, models_dir=tmp_path)
-    trained_rows = model.out_head.weight.ne(0).any(dim=1).nonzero().flatten().tolist()
-    assert trained_rows == compact.vocab  # a row per common token; the rare ones' are zero
+def test_naive_bayes_agrees_with_scikit_learn():
+    sklearn = pytest.importorskip("sklearn", reason="scikit-learn is an optional reference")
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.naive_bayes import MultinomialNB
+    _, (train, _, test) = book_split()
+    texts, labels = [t for t, _ in train], [l for _, l in train]
+    vectorizer = CountVectorizer(token_pattern=r"\w+", lowercase=True)
+    reference = MultinomialNB(alpha=1.0).fit(vectorizer.fit_transform(texts), labels)
+    expected = reference.predict(vectorizer.transform([t for t, _ in test]))
+    assert NaiveBayes(texts, labels).predict([t for t, _ in test]).tolist() == expected.tolist()
 
 
-def no_gpt2(*args, **kwargs):
-    raise DataFileError("Course file 'gpt2/gpt2/model.safetensors' was not found (test).")
+def test_naive_bayes_refuses_mismatched_input():
+    with pytest.raises(ValueError, match="one label per text"):
+        NaiveBayes(["a", "b"], [0])
+    with pytest.raises(ValueError, match="at least one text"):
+        NaiveBayes([], [])
 
 
-def test_stand_in_is_cached_and_reloaded(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(ch6a, "load_pretrained_gpt2", no_gpt2)
-    model, cfg, description = load_base_model("gpt2", TINY, TINY_RECIPE, TEXTS, models_dir=tmp_path)
-    assert cfg == TINY and "stand-in" in description and not model.training
-    assert [p.name for p in tmp_path.glob("*.pth")] == [base_model_path(TINY, TINY_RECIPE, TEXTS, tmp_path).name]
-    again, _, _ = load_base_model(None, TINY, TINY_RECIPE, TEXTS, models_dir=tmp_path)
-    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
-        assert torch.equal(a, b), name
-    torch.manual_seed(TINY_RECIPE["seed"])  # the weights pretraining started from
-    fresh = GPTModel({**TINY, "vocab_size": model.out_head.weight.ne(0).any(dim=1).sum().item()})
-    assert not torch.equal(fresh.trf_blocks[0].att.W_query.weight, model.trf_blocks[0].att.W_query.weight)
-    # another config is another cache file: the old one is not used for it
-    load_base_model(None, {**TINY, "n_layers": 1}, TINY_RECIPE, TEXTS, models_dir=tmp_path)
-    assert len(list(tmp_path.glob("*.pth"))) == 2
-    with pytest.raises(ValueError, match="texts"):
-        load_base_model(None, TINY, TINY_RECIPE, None, models_dir=tmp_path)
-
-
-def test_a_second_process_waits_for_the_stand_in_and_loads_it(tmp_path, monkeypatch):
-    """While one process holds the cache's lock (pretraining), another asking for the same stand-in
-    waits, then loads the model the first one saved instead of pretraining it again."""
-    from filelock import FileLock
-    path = base_model_path(TINY, TINY_RECIPE, TEXTS, tmp_path)
-    torch.manual_seed(0)
-    first = GPTModel(TINY)  # what the "first process" pretrained
-    results = []
-    monkeypatch.setattr(ch6a, "pretrain_base_model", lambda *args: pytest.fail("pretrained a second time"))
-    with FileLock(path.with_name(path.name + ".lock")):
-        second = threading.Thread(target=lambda: results.append(
-            load_base_model(None, TINY, TINY_RECIPE, TEXTS, models_dir=tmp_path)))
-        second.start()
-        second.join(timeout=0.5)
-        assert second.is_alive() and not results  # waiting for the lock
-        save_checkpoint(path, first, config=TINY, recipe=TINY_RECIPE)
-    second.join(timeout=30)
-    assert not second.is_alive() and len(results) == 1
-    for (name, a), (_, b) in zip(first.state_dict().items(), results[0][0].state_dict().items()):
-        assert torch.equal(a, b), name
-
-
-def fallback_lines(output):
-    return [line for line in output.splitlines() if line.startswith("No GPT-2")]
-
-
-def test_the_fallback_line_appears_exactly_when_no_gpt2_weights_can_be_had(tmp_path, monkeypatch, capsys):
-    """The real lookup (data/, an empty mirror, the Hugging Face cache, a download that fails)."""
-    def offline(entry):
-        raise OSError("no network (test)")
-    monkeypatch.setenv("LLM_DATA_MIRROR", str(tmp_path / "empty-mirror"))
-    monkeypatch.setattr(course.infra, "_from_hugging_face", offline)
-    if (course.infra.DATA_DIR / "gpt2" / "gpt2" / "model.safetensors").exists():
-        pytest.skip("GPT-2's weights are in data/: there is no fallback to see")
-    model, cfg, description = load_base_model("gpt2", TINY, TINY_RECIPE, TEXTS, models_dir=tmp_path)
-    lines = fallback_lines(capsys.readouterr().out)
-    assert len(lines) == 1 and "'gpt2'" in lines[0] and "stand-in" in lines[0] and "below" in lines[0]
-    assert "no network (test)" in lines[0]  # and why
-    assert cfg == TINY and "stand-in" in description
-    load_base_model(None, TINY, TINY_RECIPE, TEXTS, models_dir=tmp_path)  # asked for the stand-in: no line
-    assert fallback_lines(capsys.readouterr().out) == []
-
+# --- the base models, the new head, the frozen layers computed once ----------------------------
 
 def test_make_classifier_checks_the_number_of_blocks():
     with pytest.raises(ValueError, match="trainable_blocks=3"):
         make_classifier(GPTModel(TINY), trainable_blocks=3)
 
 
-# --- 6b's loss at the kept targets only ----------------------------------------------------------
-
-def test_the_loss_at_kept_targets_is_cross_entropy_with_ignore_index():
-    torch.manual_seed(0)
-    model = GPTModel(TINY).train()
-    inputs, targets = instruction_collate_fn(BATCH, mask_prompt=True)
-    # PyTorch's own masking, on the full logits, is the reference: the same loss, the same gradients
-    reference = nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), ignore_index=I)
-    reference.backward()
-    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
-    model.zero_grad()
-    loss = calc_loss_batch_at_targets(inputs, targets, model, "cpu")
-    loss.backward()
-    assert torch.allclose(loss, reference, atol=1e-6)
-    assert all(torch.allclose(p.grad, expected[name], atol=1e-6) for name, p in model.named_parameters())
-    assert torch.allclose(loss, calc_loss_batch(inputs, targets, model, "cpu"), atol=1e-6)  # chapter 4's
+@BOTH
+def test_make_classifier_trains_only_the_top_and_builds_the_head_where_the_model_is(cfg):
+    with torch.device("meta"):  # shapes only: a device that is not the CPU
+        model = GPTModel(cfg) if "qkv_bias" in cfg else LlamaModel(cfg)
+    make_classifier(model, trainable_blocks=1)
+    assert model.out_head.weight.device.type == "meta" and model.out_head.weight.shape == (2, cfg["emb_dim"])
+    last = len(model.trf_blocks) - 1
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {name for name, _ in model.named_parameters()
+                         if name.startswith((f"trf_blocks.{last}.", "final_norm.", "out_head."))}
 
 
-def test_logits_at_targets_scores_only_the_kept_positions_and_restores_the_head():
-    torch.manual_seed(0)
-    model = GPTModel(TINY).eval()
-    head = model.out_head
-    inputs, targets = instruction_collate_fn(BATCH, mask_prompt=True)
-    logits, kept = logits_at_targets(model, inputs, targets)
-    keep = targets != I
-    assert logits.shape == (keep.sum().item(), TINY["vocab_size"]) == (9, 50257)
-    assert torch.equal(kept, targets[keep])
+def test_random_base_models_have_the_shapes_of_the_pretrained_ones():
+    with torch.device("meta"):
+        shapes = {name: p.shape for name, p in random_base_model("gpt2").named_parameters()}
+        assert shapes == {name: p.shape for name, p in GPTModel(gpt2_config("gpt2")).named_parameters()}
+        smol = random_base_model("smollm2")
+    assert sum(p.numel() for p in smol.parameters()) == 134_515_008  # SmolLM2-135M, its head tied
+    with pytest.raises(ValueError, match="smollm2, gpt2"):
+        load_base_model("gpt-2")
+
+
+@BOTH
+@pytest.mark.parametrize("first_block", [0, 1, 2])
+def test_the_top_layers_on_hidden_states_compute_the_whole_model(tokenizer, cfg, first_block):
+    model = tiny_classifier(seed=3, cfg=cfg)
+    ids = torch.tensor([tokenizer.encode("Call me now to WIN a prize"), tokenizer.encode("see you at 8, ok?")[:7]])
     with torch.no_grad():
-        assert torch.allclose(logits, model(inputs)[keep], atol=1e-6)
-    assert model.out_head is head
-    with pytest.raises(ValueError):  # a failing forward pass still puts the head back
-        logits_at_targets(model, torch.zeros(1, 99, dtype=torch.long), torch.zeros(1, 99, dtype=torch.long))
-    assert model.out_head is head
+        hidden = hidden_states_before(model, first_block, ids)
+        assert hidden.shape == (*ids.shape, cfg["emb_dim"])
+        assert torch.allclose(TopLayers(model, first_block)(hidden), model(ids), atol=1e-5)
+    top = TopLayers(model, first_block)
+    assert all(a is b for a, b in zip(top.parameters(), [*model.trf_blocks[first_block:].parameters(),
+                                                            *model.final_norm.parameters(),
+                                                            *model.out_head.parameters()]))
 
 
-def test_the_response_loss_is_the_mean_over_kept_targets():
-    torch.manual_seed(0)
-    model = GPTModel(TINY).eval()
-    batches = [instruction_collate_fn(BATCH[:2]), instruction_collate_fn(BATCH[2:])]
+def test_hidden_states_before_leaves_no_hook_behind(tokenizer):
+    model = tiny_classifier()
+    ids = torch.tensor([tokenizer.encode("hello there")])
+    hidden_states_before(model, 1, ids)
+    assert not model.trf_blocks[1]._forward_pre_hooks
     with torch.no_grad():
-        total = sum(nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum").item()
-                    for x, y in batches)
-    count = sum((y != I).sum().item() for _, y in batches)
-    assert calc_response_loss(batches, model, "cpu") == pytest.approx(total / count, rel=1e-6)
+        assert model(ids).shape == (1, ids.shape[1], 2)  # the whole forward pass runs again
+
+
+@BOTH
+def test_trunk_outputs_do_not_depend_on_how_messages_are_batched(tokenizer, cfg):
+    model = tiny_classifier(seed=4, cfg=cfg)
+    texts = ["Hi", "Call me later, ok?", "URGENT! You have won a 1 week FREE membership", "k", "See you"]
+    dataset = SpamDataset(texts, [0, 0, 1, 0, 0], tokenizer, max_length=10, pad_token_id=E)
+    kept = TrunkOutputs(model, dataset, 1, "cpu", batch_size=2, bf16=False)
+    for i in range(len(texts)):
+        (hidden, num_real), label = kept[i]
+        (ids, _), _ = dataset[i]
+        alone = hidden_states_before(model, 1, ids[None, :num_real])[0]
+        assert hidden.shape == (10, cfg["emb_dim"]) and label == dataset.labels[i]
+        assert torch.allclose(hidden[:num_real], alone, atol=1e-5)
+        assert not hidden[num_real:].any()  # zeros after the message
+
+
+def test_training_on_kept_hidden_states_changes_only_the_top(tokenizer):
+    model = make_classifier(GPTModel(TINY).eval(), trainable_blocks=1)
+    texts = ["Win a free prize, call now", "See you at lunch?", "URGENT: claim your cash", "ok thanks"] * 2
+    dataset = SpamDataset(texts, [1, 0, 1, 0] * 2, tokenizer, max_length=12, pad_token_id=E)
+    kept = TrunkOutputs(model, dataset, 1, "cpu", bf16=False)
+    top = TopLayers(model, 1)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    loader = DataLoader(kept, batch_size=4)
+    optimizer = make_adamw([p for p in top.parameters() if p.requires_grad], lr=1e-2)
+    losses, _, _, accs = train_classifier(top, loader, loader, optimizer, "cpu", num_epochs=3, eval_freq=1,
+                                          eval_iter=2, verbose=False)
+    assert len(losses) == 6 and len(accs) == 3 and losses[-1] < losses[0]
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(name.startswith(("trf_blocks.1.", "final_norm.", "out_head.")) for name in changed)
 
 
 # --- the GPT-2 path, end to end, on random weights of GPT-2's shapes ------------------------------
@@ -443,124 +321,42 @@ def gpt2_shaped_weights(tmp_path_factory):
     return mirror, hf_model
 
 
-@pytest.mark.slow  # a 124M model: a 500 MB file, two training steps
-def test_gpt2_path_end_to_end(gpt2_shaped_weights, tmp_path, monkeypatch, capsys, tokenizer):
+@pytest.mark.slow  # a 124M model: a 500 MB file, a frozen pass, two training steps
+def test_gpt2_path_end_to_end(gpt2_shaped_weights, tmp_path, monkeypatch, tokenizer):
     mirror, hf_model = gpt2_shaped_weights
     if (course.infra.DATA_DIR / "gpt2" / "gpt2" / "model.safetensors").exists():
         pytest.skip("real GPT-2 weights in data/ would be found first")
     monkeypatch.setenv("LLM_DATA_MIRROR", str(mirror))
     monkeypatch.setattr(course.infra, "_verified", lambda path, *args: path)  # random weights: no hash check
-    # the default setting picks them up, and they compute what Hugging Face's GPT-2 computes
-    model, cfg, description = load_base_model(texts=TEXTS, models_dir=tmp_path)
-    assert cfg == gpt2_config("gpt2") and "GPT-2" in description and "124M" in description
-    assert fallback_lines(capsys.readouterr().out) == [] and list(tmp_path.iterdir()) == []
+    # the switch picks them up, and they compute what Hugging Face's GPT-2 computes
+    model, gpt2_tokenizer, pad_id, description = load_base_model("gpt2")
+    assert "GPT-2" in description and "124M" in description and pad_id == E and not model.training
+    assert gpt2_tokenizer.encode("Win a free prize") == tokenizer.encode("Win a free prize")
     ids = torch.tensor([tokenizer.encode("Win a free prize, call now")])
     with torch.no_grad():
         assert torch.allclose(model(ids), hf_model(ids).logits, atol=1e-4)
-    # the book's layers are the only trainable ones
+    # the book's layers are the only trainable ones; the frozen ones are computed once
     torch.manual_seed(123)
-    make_classifier(model, trainable_blocks=BOOK_FINETUNE["trainable_blocks"],
-                    train_embeddings=BOOK_FINETUNE["train_embeddings"])
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    expected = {name for name, _ in model.named_parameters()
-                if name.startswith(("trf_blocks.11.", "final_norm.", "out_head."))}
-    assert trainable == expected and any(n.startswith("trf_blocks.11.att.") for n in trainable)
-    # two training steps run, and change the trainable weights only
+    make_classifier(model, trainable_blocks=1)
     texts = ["Win a free prize, call now", "See you at lunch?", "URGENT: claim your cash", "ok thanks"]
-    dataset = SpamDataset(texts, [1, 0, 1, 0], tokenizer, max_length=12)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=2)
+    dataset = SpamDataset(texts, [1, 0, 1, 0], tokenizer, max_length=12, pad_token_id=pad_id)
+    kept = TrunkOutputs(model, dataset, 11, "cpu", bf16=False)
+    top = TopLayers(model, 11)
+    loader = DataLoader(kept, batch_size=2)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=BOOK_FINETUNE["lr"], weight_decay=BOOK_FINETUNE["weight_decay"])
-    train_classifier_simple(model, loader, loader, optimizer, "cpu", num_epochs=1, eval_freq=1, eval_iter=1)
-    assert "step 0001" in capsys.readouterr().out  # two steps: 0000 and 0001
+    optimizer = torch.optim.AdamW([p for p in top.parameters() if p.requires_grad], lr=5e-5, weight_decay=0.1)
+    train_classifier(top, loader, loader, optimizer, "cpu", num_epochs=1, eval_freq=1, eval_iter=1, verbose=False)
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
-    assert changed and changed <= expected and "trf_blocks.11.ff.layers.0.weight" in changed
-    # the saved classifier loads back and gives the same predictions
+    assert changed and all(n.startswith(("trf_blocks.11.", "final_norm.", "out_head.")) for n in changed)
+    assert "trf_blocks.11.ff.layers.0.weight" in changed
+    # the saved top layers, loaded into a fresh base, give the same classifier
     path = tmp_path / "classifier.pth"
-    save_checkpoint(path, model, config=cfg)
-    reloaded = GPTModel(gpt2_config("gpt2"))
-    reloaded.out_head = nn.Linear(cfg["emb_dim"], 2)
-    load_checkpoint(path, reloaded)
-    model.eval(), reloaded.eval()
-    batch = next(iter(loader))[0]
+    save_checkpoint(path, top, base="gpt2")
+    reloaded, _, _, _ = load_base_model("gpt2")
+    make_classifier(reloaded, trainable_blocks=1)
+    assert load_checkpoint(path, TopLayers(reloaded, 11))["base"] == "gpt2"
+    model.eval()
+    (batch, num_real), _ = next(iter(DataLoader(dataset, batch_size=4)))
     with torch.no_grad():
-        assert torch.equal(last_real_token_logits(reloaded, batch), last_real_token_logits(model, batch))
+        assert torch.equal(last_real_token_logits(reloaded, batch, num_real), last_real_token_logits(model, batch, num_real))
     assert [classify(t, reloaded, tokenizer, "cpu") for t in texts] == [classify(t, model, tokenizer, "cpu") for t in texts]
-
-
-# --- 6b's score that needs no judge ---------------------------------------------------------------
-
-def test_contains_answer_on_hand_made_responses():
-    assert contains_answer("Jane Austen.", "Jane Austen.")                            # right
-    assert not contains_answer("Charles Dickens.", "Jane Austen.")                    # wrong
-    assert not contains_answer("", "Jane Austen.")                                    # empty
-    assert contains_answer("It was written in 1813 by jane austen, a novelist.", "Jane Austen.")  # buried
-    assert not contains_answer("Austen, Jane", "Jane Austen.")                        # words in order
-    assert not contains_answer("Hgx", "Hg.")                                          # whole words
-    with pytest.raises(ValueError, match="no words"):
-        contains_answer("anything", "...")
-
-
-def test_word_f1_on_hand_computed_values():
-    assert word_f1("Jane Austen.", "Jane Austen") == 1.0
-    assert word_f1("", "Jane Austen") == 0.0
-    assert word_f1("Charles Dickens", "Jane Austen") == 0.0
-    # shared: {the, sky, blue} = 3; precision 3/4, recall 3/3 -> F1 = 2 * 0.75 * 1 / 1.75
-    assert word_f1("The sky is blue", "the blue sky") == pytest.approx(2 * 0.75 / 1.75)
-
-
-def test_score_responses_counts_the_short_answer_items():
-    entries = [{"output": "Jane Austen."}, {"output": "Hg."}, {"output": "The capital of France is Paris."}]
-    score = score_responses(entries, ["The author is Jane Austen.", "", "Paris is the capital of France."])
-    assert score["short_answer_items"] == 2 and score["short_answer_hits"] == 1
-    expected_f1 = (2 * (2 / 5) * 1 / (2 / 5 + 1) + 0.0 + 1.0) / 3
-    assert score["mean_word_f1"] == pytest.approx(expected_f1)
-    with pytest.raises(ValueError, match="one response per entry"):
-        score_responses(entries, ["only one"])
-
-
-# --- 6b's LLM judge, against a fake Ollama server on 127.0.0.1 ------------------------------------
-
-class FakeOllama(BaseHTTPRequestHandler):
-    requests = []
-
-    def do_GET(self):
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"Ollama is running")
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeOllama.requests.append((self.path, body))
-        prompt = body["messages"][0]["content"]
-        reply = ["8", "5"] if "Jane Austen" in prompt.split("score the model response")[1] else ["no idea"]
-        self.send_response(200)
-        self.end_headers()
-        for part in reply:  # streamed, one JSON object per line, as Ollama does
-            self.wfile.write(json.dumps({"message": {"content": part}}).encode() + b"\n")
-
-    def log_message(self, *args):
-        pass
-
-
-def test_judge_scores_with_a_fake_ollama_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOllama)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        assert ollama_is_running(url, timeout=2)
-        entry = {"instruction": "Name the author of 'Pride and Prejudice'.", "input": "", "output": "Jane Austen."}
-        scores, unreadable = judge_scores([entry, entry], ["Jane Austen.", "Dickens"], url=url)
-        assert scores == [85] and unreadable == 1
-        path, body = FakeOllama.requests[0]
-        assert path == "/api/chat" and body["model"] == "llama3"
-        assert body["options"] == {"seed": 123, "temperature": 0, "num_ctx": 2048}
-        assert format_input(entry) in body["messages"][0]["content"]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-    assert not thread.is_alive()
-    assert not ollama_is_running(url, timeout=0.5)  # the server is gone: no judge
