@@ -33,7 +33,7 @@ def test_the_committed_modules_are_what_the_notebooks_export(tmp_path):
         committed = ROOT / "course" / path.name
         assert committed.is_file() and committed.read_bytes() == path.read_bytes(), (
             f"course/{path.name} is out of date with its notebook: run `python -m course.export`")
-    generated = {p.name for p in (ROOT / "course").glob("ch*.py")}
+    generated = {p.name for p in (ROOT / "course").glob("ch[0-9]*.py")}
     assert generated == {p.name for p in written}, "a course/ch*.py file no notebook exports"
 
 
