@@ -49,4 +49,4 @@ from course.ch6b_instructions import (OLLAMA_URL, InstructionDataset, answer_wor
                                       contains_answer, format_input, generate_response, instruction_collate_fn,
                                       judge_scores, ollama_is_running, query_ollama, score_responses, word_f1)
 # 6c LoRA: finetune/LLM-finetune-lora.ipynb -> course/ch6c_lora.py
-from course.ch6c_lora import LORA_TARGETS, LinearWithLoRA, LoRALayer, add_lora, merge_lora
+from course.ch6c_lora import LORA_TARGETS, LinearWithLoRA, LoRALayer, add_lora, matches, merge_lora, trainable_top
