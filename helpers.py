@@ -37,6 +37,12 @@ from course.ch4c_distributed import DDPModel, ReshufflingSampler
 from course.ch5_saving import (GPT2_SIZES, assign_weight, gpt2_config, gpt2_weights_path,
                                load_checkpoint, load_gpt2_params, load_gpt2_safetensors,
                                load_pretrained_gpt2, save_checkpoint)
+# 5b Modern open models: post_training/LLM-modern-open-model.ipynb -> course/ch5b_modern.py
+# (LlamaModel takes chapter 4b's KV cache; SmolLM2-135M-Instruct from its GGUF file)
+from course.ch5b_modern import (SMOLLM2_135M_CONFIG, SMOLLM2_GGUF, SYSTEM_PROMPT, GroupedQueryAttention,
+                                LeftPadded, LlamaBlock, LlamaModel, RMSNorm, SmolLM2Tokenizer, SwiGLU,
+                                apply_rope, chat, chat_prompt, generate_batch, gguf_config, gguf_state_dict,
+                                load_gguf, load_smollm2, pairs_to_halves, read_gguf, rope_angles)
 # 6a Classification: finetune/LLM-finetune-classification.ipynb -> course/ch6a_classification.py
 from course.ch6a_classification import (BASE_MODELS, NaiveBayes, SpamDataset, TopLayers, TrunkOutputs,
                                         calc_accuracy_loader, calc_loss_batch_classifier, classify,

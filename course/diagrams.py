@@ -592,3 +592,82 @@ def show(name):
     fig = DIAGRAMS[name]()
     fig.tight_layout()
     plt.show()
+
+
+# --- Chapter 5b: modern open models ------------------------------------------------------------
+
+def gpt2_vs_llama_block():
+    fig, ax = _canvas(14, 7.2, "GPT-2's block and the Llama block (SmolLM2)")
+    rows = [("x", "data"), ("norm", "module"), ("attention", "module"), ("+ x", "op"),
+            ("norm", "module"), ("feed-forward", "module"), ("+", "op")]
+    gpt2 = ["x (tokens + positions)", "LayerNorm", "MultiHeadAttention\n12 heads, with biases",
+            "dropout, + shortcut", "LayerNorm", "Linear → GELU → Linear", "dropout, + shortcut"]
+    llama = ["x (tokens only)", "RMSNorm", "GroupedQueryAttention\n9 query / 3 KV heads, RoPE",
+             "+ shortcut", "RMSNorm", "SwiGLU: down(silu(gate) × up)", "+ shortcut"]
+    changed = [True, True, True, True, True, True, True]
+    for col, (x, labels) in enumerate([(3.4, gpt2), (10.6, llama)]):
+        boxes = [box(ax, x, 6.2 - i * 0.92, label, kind if not (col and changed[i] and kind == "module") else "loss",
+                     w=5.2, h=0.72, size=FONT - 2) for i, (label, (_, kind)) in enumerate(zip(labels, rows))]
+        for a, b in zip(boxes, boxes[1:]):
+            arrow(ax, a, b)
+    note(ax, 3.4, 6.95, "GPT-2 (chapter 3)", size=FONT, color="#1a1a1a")
+    note(ax, 10.6, 6.95, "Llama family (this chapter)", size=FONT, color="#1a1a1a")
+    note(ax, 7.0, 0.25, "red: swapped parts; no biases, no dropout; positions enter as rotations inside attention",
+         size=FONT - 2)
+    return fig
+
+
+def rope_rotation():
+    from matplotlib.patches import Arc
+
+    fig, ax = _canvas(13, 5.4, "RoPE: a pair (x₂ᵢ, x₂ᵢ₊₁) rotated by p·θᵢ at position p")
+    cx, cy, r = 3.2, 2.5, 2.0
+    ax.plot([cx - 2.5, cx + 2.5], [cy, cy], color="#bbbbbb", linewidth=1)
+    ax.plot([cx, cx], [cy - 2.3, cy + 2.4], color="#bbbbbb", linewidth=1)
+    base = 0.35
+    colors = ["#2f6db3", "#2e7d32", "#c06a12", "#b3263e"]
+    for p, color in zip(range(4), colors):
+        angle = base + p * 0.55
+        arrow(ax, (cx, cy), (cx + r * math.cos(angle), cy + r * math.sin(angle)), color=color)
+        note(ax, cx + (r + 0.45) * math.cos(angle), cy + (r + 0.3) * math.sin(angle), f"p = {p}", color=color)
+    ax.add_patch(Arc((cx, cy), 1.4, 1.4, theta1=math.degrees(base), theta2=math.degrees(base + 0.55), color="#444444"))
+    note(ax, cx + 1.05, cy + 0.75, "θᵢ", size=FONT - 1, color="#444444")
+    note(ax, 9.3, 4.3, "every position turns the pair by θᵢ more", size=FONT - 1, ha="center")
+    note(ax, 9.3, 3.4, "query at m, key at n:  R(mθ)q · R(nθ)k = q · R((n − m)θ)k", size=FONT - 1)
+    note(ax, 9.3, 2.5, "the score depends on the distance n − m only", size=FONT - 1)
+    note(ax, 9.3, 1.4, "θᵢ = base^(−2i/64): pair 0 turns 1 radian per position,\npair 31 about 0.00014",
+         size=FONT - 2)
+    return fig
+
+
+def gqa_heads():
+    fig, ax = _canvas(14, 4.6, "Grouped-query attention: 9 query heads share 3 key/value heads")
+    colors = ["data", "module", "op"]
+    kv = [box(ax, 2.6 + g * 4.4, 1.0, f"K, V head {g}", colors[g], w=2.6, h=0.8) for g in range(3)]
+    for h in range(9):
+        g = h // 3
+        q = box(ax, 1.1 + h * 1.48, 3.4, f"Q {h}", colors[g], w=1.2, h=0.75)
+        arrow(ax, q, kv[g])
+    note(ax, 7.0, 4.3, "W_query: 576 → 9 × 64", size=FONT - 2)
+    note(ax, 7.0, 0.2, "W_key, W_value: 576 → 3 × 64; the KV cache keeps 3 heads per layer, not 9", size=FONT - 2)
+    return fig
+
+
+def kv_cache_bytes():
+    fig, ax = _canvas(13, 4.2, "KV-cache bytes per token (float32): 2 × layers × KV heads × head_dim × 4")
+    rows = [("GPT-2 124M\n12 layers × 12 heads", 73728, "note"),
+            ("SmolLM2-135M\n30 layers × 3 KV heads", 46080, "data"),
+            ("its MHA twin\n30 layers × 9 KV heads", 138240, "loss")]
+    from matplotlib.patches import Rectangle
+
+    for i, (label, size, kind) in enumerate(rows):
+        y = 3.0 - i * 1.1
+        note(ax, 1.6, y, label, size=FONT - 2)
+        fill, edge = COLORS[kind]
+        width = size / 138240 * 8.0
+        ax.add_patch(Rectangle((3.3, y - 0.35), width, 0.7, facecolor=fill, edgecolor=edge, linewidth=1.6))
+        note(ax, 3.3 + width + 0.15, y, f"{size / 1024:.0f} KiB", size=FONT - 2, ha="left")
+    return fig
+
+
+DIAGRAMS.update({f.__name__: f for f in [gpt2_vs_llama_block, rope_rotation, gqa_heads, kv_cache_bytes]})

