@@ -88,7 +88,7 @@ def trainable_top(model, first_block, seed, lora=None):
     drawn with seed. lora=None: chapter 6a's recipe (the last block, the final norm and the head
     trainable); else a dict of add_lora's arguments: LoRA on those layers, and the head, trainable."""
     torch.manual_seed(seed)
-    top = copy.deepcopy(TopLayers(model, first_block))
+    top = copy.deepcopy(TopLayers(model, first_block), {id(model): model})  # copies the top layers only
     top.out_head = nn.Linear(top.out_head.in_features, 2, device=top.out_head.weight.device)
     top.requires_grad_(False)
     if lora is None:

@@ -151,6 +151,7 @@ def test_trainable_top_copies_the_top_layers_with_a_new_head(lora):
     again = trainable_top(model, 1, seed=5, lora=lora)
     assert torch.equal(top.out_head.weight, again.out_head.weight)  # the head's draw follows the seed
     assert top.trf_blocks[0] is not model.trf_blocks[1]  # a copy: training it leaves the model alone
+    assert top.whole[0] is model  # ... and only the top layers are copied, not the whole model
     trainable = {name for name, p in top.named_parameters() if p.requires_grad}
     if lora is None:
         assert trainable == {name for name, _ in top.named_parameters() if name.startswith(("trf_blocks.0.",
