@@ -52,4 +52,4 @@ from course.ch6b_instructions import (RECIPES, InstructionDataset, answer_f1, an
                                       instruction_collate_fn, judge_scores, logits_at_targets, nearest_training_answer,
                                       ollama_is_running, score_responses, train_top_layers, trunk_outputs, word_f1)
 # 6c LoRA: finetune/LLM-finetune-lora.ipynb -> course/ch6c_lora.py
-from course.ch6c_lora import LORA_TARGETS, LinearWithLoRA, LoRALayer, add_lora, merge_lora
+from course.ch6c_lora import LORA_TARGETS, LinearWithLoRA, LoRALayer, add_lora, matches, merge_lora, trainable_top

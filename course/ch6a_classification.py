@@ -234,11 +234,20 @@ class TopLayers(nn.Module):
         super().__init__()
         self.trf_blocks = model.trf_blocks[first_block:]
         self.final_norm, self.out_head = model.final_norm, model.out_head
+        self.whole = [model]  # in a list, so not a submodule: its other weights are not this model's
 
     def forward(self, hidden):
-        for block in self.trf_blocks:
-            hidden = block(hidden)
-        return self.out_head(self.final_norm(hidden))
+        """model's own forward pass with only these layers, hidden fed in as the first one's input."""
+        model = self.whole[0]
+        first = self.trf_blocks[0] if len(self.trf_blocks) else self.final_norm
+        saved = model.trf_blocks, model.final_norm, model.out_head
+        model.trf_blocks, model.final_norm, model.out_head = self.trf_blocks, self.final_norm, self.out_head
+        handle = first.register_forward_pre_hook(lambda module, args: (hidden, *args[1:]))
+        try:  # any token ids of the right shape: what the embedding makes of them is replaced by hidden
+            return model(torch.zeros(hidden.shape[:2], dtype=torch.long, device=hidden.device))
+        finally:
+            handle.remove()
+            model.trf_blocks, model.final_norm, model.out_head = saved
 
 
 # %% finetune/LLM-finetune-classification.ipynb, cell 42

@@ -3,10 +3,13 @@
 
 
 # %% finetune/LLM-finetune-lora.ipynb, cell 4
+import copy
 import math
 
 import torch
 import torch.nn as nn
+
+from course.ch6a_classification import TopLayers  # chapter 6a
 
 
 # %% finetune/LLM-finetune-lora.ipynb, cell 8
@@ -48,25 +51,30 @@ class LinearWithLoRA(nn.Module):
 
 # %% finetune/LLM-finetune-lora.ipynb, cell 14
 LORA_TARGETS = {
-    "attention": ("att.W_query", "att.W_key", "att.W_value", "att.out_proj"),
-    "feed_forward": ("ff.layers.0", "ff.layers.2"),
-    "all_linear": ("att.W_query", "att.W_key", "att.W_value", "att.out_proj", "ff.layers.0", "ff.layers.2"),
+    "attention": ("att",),  # W_query, W_key, W_value, out_proj
+    "feed_forward": ("ff",),  # GPT-2's two layers; SmolLM2's SwiGLU has three
+    "all_linear": ("att", "ff"),
 }
+
+
+def matches(name, target):
+    """Whether the layer called `name` is `target`, ends with it, or sits inside a module called `target`."""
+    return name == target or name.endswith("." + target) or f".{target}." in f".{name}"
 
 
 # %% finetune/LLM-finetune-lora.ipynb, cell 16
 def add_lora(model, rank, alpha, targets=LORA_TARGETS["all_linear"]):
-    """Freeze every parameter of `model`, then wrap each nn.Linear whose name ends with one of
-    `targets` (e.g. "att.W_query" matches "trf_blocks.0.att.W_query") in a LinearWithLoRA, in
-    place. Returns the names of the wrapped layers: only their A and B matrices are trainable."""
+    """Freeze every parameter of `model`, then wrap each nn.Linear that one of `targets` matches (see
+    `matches`) in a LinearWithLoRA, in place. Returns the names of the wrapped layers: only their A
+    and B matrices are trainable."""
     if any(isinstance(module, LinearWithLoRA) for module in model.modules()):
         raise ValueError("The model already has LoRA layers: merge_lora(model) first, or start from the base.")
     linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    chosen = [name for name in linear_names if any(name == t or name.endswith("." + t) for t in targets)]
     for target in targets:
-        if not any(name == target or name.endswith("." + target) for name in chosen):
-            raise ValueError(f"No nn.Linear layer of the model is named {target!r} (or ends with it); "
-                             f"its linear layers are {', '.join(linear_names[:7])}, ...")
+        if not any(matches(name, target) for name in linear_names):
+            raise ValueError(f"No nn.Linear layer of the model is named {target!r}, ends with it or sits in a "
+                             f"module of that name; its linear layers are {', '.join(linear_names[:7])}, ...")
+    chosen = [name for name in linear_names if any(matches(name, target) for target in targets)]
     wrapped = {name: LinearWithLoRA(model.get_submodule(name), rank, alpha) for name in chosen}  # checks rank
     model.requires_grad_(False)
     for name, module in wrapped.items():
@@ -74,7 +82,25 @@ def add_lora(model, rank, alpha, targets=LORA_TARGETS["all_linear"]):
     return chosen
 
 
-# %% finetune/LLM-finetune-lora.ipynb, cell 41
+# %% finetune/LLM-finetune-lora.ipynb, cell 24
+def trainable_top(model, first_block, seed, lora=None):
+    """A copy of model's layers from trf_blocks[first_block] up (TopLayers), with a new 2-class head
+    drawn with seed. lora=None: chapter 6a's recipe (the last block, the final norm and the head
+    trainable); else a dict of add_lora's arguments: LoRA on those layers, and the head, trainable."""
+    torch.manual_seed(seed)
+    top = copy.deepcopy(TopLayers(model, first_block), {id(model): model})  # copies the top layers only
+    top.out_head = nn.Linear(top.out_head.in_features, 2, device=top.out_head.weight.device)
+    top.requires_grad_(False)
+    if lora is None:
+        for module in [top.trf_blocks[-1], top.final_norm, top.out_head]:
+            module.requires_grad_(True)
+    else:
+        add_lora(top.trf_blocks, **lora)
+        top.out_head.requires_grad_(True)
+    return top
+
+
+# %% finetune/LLM-finetune-lora.ipynb, cell 35
 def merge_lora(model):
     """Replace every LinearWithLoRA of `model`, in place, by one nn.Linear whose weight is
     W + (alpha / rank) B A (bias unchanged). Returns the model: the same function, no LoRA left."""

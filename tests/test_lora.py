@@ -9,7 +9,9 @@ import torch
 import torch.nn as nn
 
 from course.ch3_architecture import GPTModel
-from course.ch6c_lora import LORA_TARGETS, LinearWithLoRA, LoRALayer, add_lora, merge_lora
+from course.ch5b_modern import SMOLLM2_135M_CONFIG, LlamaModel
+from course.ch6a_classification import TopLayers, make_classifier
+from course.ch6c_lora import LORA_TARGETS, LinearWithLoRA, LoRALayer, add_lora, matches, merge_lora, trainable_top
 
 CFG = {"vocab_size": 97, "context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2,
        "drop_rate": 0.0, "qkv_bias": True}  # biases everywhere, so merging must keep them
@@ -95,7 +97,12 @@ def test_only_the_lora_matrices_receive_gradients_and_the_base_stays_frozen():
         assert torch.equal(dict(model.named_parameters())[name], value), f"{name} changed"
 
 
+LLAMA_CFG = {**SMOLLM2_135M_CONFIG, "vocab_size": 97, "context_length": 16, "emb_dim": 32, "n_heads": 4,
+             "n_kv_heads": 2, "n_layers": 2, "hidden_dim": 48}
+
+
 @pytest.mark.parametrize("targets, per_block", [(LORA_TARGETS["attention"], 4), (LORA_TARGETS["feed_forward"], 2),
+                                                (LORA_TARGETS["all_linear"], 6),
                                                 (["W_query"], 1), (["trf_blocks.1.ff.layers.2"], None)])
 def test_the_targets_choose_the_layers(targets, per_block):
     model = tiny_model()
@@ -103,6 +110,63 @@ def test_the_targets_choose_the_layers(targets, per_block):
     assert len(wrapped) == (1 if per_block is None else per_block * CFG["n_layers"])
     assert all(isinstance(model.get_submodule(name), LinearWithLoRA) for name in wrapped)
     assert type(model.out_head) is nn.Linear  # the head is never wrapped by the presets
+
+
+@pytest.mark.parametrize("preset, names", [("attention", {"att.W_query", "att.W_key", "att.W_value", "att.out_proj"}),
+                                           ("feed_forward", {"ff.gate", "ff.up", "ff.down"})])
+def test_the_same_presets_choose_smollm2s_layers(preset, names):
+    torch.manual_seed(0)
+    model = LlamaModel(LLAMA_CFG)
+    wrapped = add_lora(model, rank=2, alpha=2, targets=LORA_TARGETS[preset])
+    assert set(wrapped) == {f"trf_blocks.{i}.{name}" for i in range(LLAMA_CFG["n_layers"]) for name in names}
+
+
+def test_matches_by_name_end_or_enclosing_module():
+    assert matches("trf_blocks.0.att.W_query", "att.W_query") and matches("trf_blocks.0.att.W_query", "W_query")
+    assert matches("trf_blocks.0.att.W_query", "att") and matches("trf_blocks.3.ff.layers.0", "ff")
+    assert not matches("trf_blocks.0.att.W_query", "W_q") and not matches("trf_blocks.0.attention.W_query", "att")
+    assert not matches("out_head", "ff")
+
+
+def test_lora_on_smollm2s_blocks_starts_as_the_base_and_merges_back():
+    torch.manual_seed(0)
+    base = LlamaModel(LLAMA_CFG).eval()
+    lora = copy.deepcopy(base)
+    add_lora(lora, rank=4, alpha=8)
+    ids = token_ids()
+    with torch.no_grad():
+        assert torch.equal(lora(ids), base(ids))
+        randomize_lora(lora)
+        unmerged = lora(ids)
+        merge_lora(lora)
+        torch.testing.assert_close(lora(ids), unmerged, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(unmerged, base(ids), atol=1e-3)
+
+
+@pytest.mark.parametrize("lora", [None, {"rank": 4, "alpha": 8}])
+def test_trainable_top_copies_the_top_layers_with_a_new_head(lora):
+    torch.manual_seed(0)
+    model = make_classifier(LlamaModel(LLAMA_CFG).eval(), trainable_blocks=1)
+    top = trainable_top(model, 1, seed=5, lora=lora)
+    again = trainable_top(model, 1, seed=5, lora=lora)
+    assert torch.equal(top.out_head.weight, again.out_head.weight)  # the head's draw follows the seed
+    assert top.trf_blocks[0] is not model.trf_blocks[1]  # a copy: training it leaves the model alone
+    assert top.whole[0] is model  # ... and only the top layers are copied, not the whole model
+    trainable = {name for name, p in top.named_parameters() if p.requires_grad}
+    if lora is None:
+        assert trainable == {name for name, _ in top.named_parameters() if name.startswith(("trf_blocks.0.",
+                                                                                            "final_norm.", "out_head."))}
+    else:
+        assert trainable == {name for name, _ in top.named_parameters()
+                             if ".lora." in name or name.startswith("out_head.")}
+        assert len([n for n in trainable if n.endswith(".lora.A")]) == 7  # SwiGLU: 4 attention + 3 feed-forward
+    hidden = torch.randn(2, 5, LLAMA_CFG["emb_dim"])
+    with torch.no_grad():  # before training, LoRA's top computes what the copied layers compute
+        assert top(hidden).shape == (2, 5, 2)
+        reference = TopLayers(model, 1)(hidden)
+        copy_only = trainable_top(model, 1, seed=5)
+        copy_only.out_head.load_state_dict(top.out_head.state_dict())
+        assert torch.allclose(top(hidden), copy_only(hidden), atol=1e-6) and reference.shape == top(hidden).shape
 
 
 @pytest.mark.parametrize("rank", [0, -1, 1.5, True])
