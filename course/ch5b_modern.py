@@ -210,7 +210,7 @@ class LlamaModel(nn.Module):
             raise ValueError(f"kv_cache has {len(caches)} entries but the model has {len(self.trf_blocks)} "
                              f"blocks; make one per block: [KVCache() for _ in model.trf_blocks].")
         num_tokens = in_idx.shape[1]
-        past = 0 if caches[0] is None else caches[0].num_tokens  # tokens already in the cache
+        past = 0 if not caches or caches[0] is None else caches[0].num_tokens  # tokens already cached
         check_fits(num_tokens, past, self.context_length, "the model")
         mask = attention_mask(num_tokens, past, padding_mask, in_idx.device)
         x = self.tok_emb(in_idx)
