@@ -41,15 +41,15 @@ from course.ch5_saving import (GPT2_SIZES, assign_weight, gpt2_config, gpt2_weig
 from course.ch5b_modern import (SMOLLM2_135M_CONFIG, GroupedQueryAttention, LeftPadded, LlamaBlock, LlamaModel, RMSNorm,
                                 SmolLM2Tokenizer, SwiGLU, chat, chat_prompt, generate_batch, load_gguf, load_smollm2)
 # 6a Classification: finetune/LLM-finetune-classification.ipynb -> course/ch6a_classification.py
-from course.ch6a_classification import (BASE_MODELS, NaiveBayes, SpamDataset, TopLayers, TrunkOutputs,
-                                        calc_accuracy_loader, calc_loss_batch_classifier, classify,
+from course.ch6a_classification import (BASE_MODELS, NaiveBayes, SimilarLengthBatches, SpamDataset, TopLayers,
+                                        TrunkOutputs, calc_accuracy_loader, calc_loss_batch_classifier, classify,
                                         create_balanced_dataset, hidden_states_before, last_real_token_logits,
                                         load_base_model, make_classifier, random_base_model, random_split,
-                                        read_sms_collection, train_classifier, word_counts, words)
+                                        read_sms_collection, word_counts, words)
 # 6b Instructions: finetune/LLM-finetune-instructions.ipynb -> course/ch6b_instructions.py
 from course.ch6b_instructions import (RECIPES, InstructionDataset, answer_f1, answer_words, calc_loss_batch_at_targets,
                                       calc_response_loss, format_input, generate_responses, has_key_answer,
                                       instruction_collate_fn, judge_scores, logits_at_targets, nearest_training_answer,
-                                      ollama_is_running, score_responses, train_top_layers, trunk_outputs, word_f1)
+                                      ollama_is_running, score_responses, trunk_outputs, word_f1)
 # 6c LoRA: finetune/LLM-finetune-lora.ipynb -> course/ch6c_lora.py
 from course.ch6c_lora import LORA_TARGETS, LinearWithLoRA, LoRALayer, add_lora, matches, merge_lora, trainable_top

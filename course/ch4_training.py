@@ -138,13 +138,13 @@ def generate_and_print_sample(model: torch.nn.Module, tokenizer, device: torch.d
 # %% training/LLM-training.ipynb, cell 47
 def train_model_simple(model: torch.nn.Module, train_loader, val_loader, optimizer: torch.optim.Optimizer,
                        device: torch.device | str, num_epochs: int, eval_freq: int, eval_iter: int,
-                       start_context: str, tokenizer, calc_loss=calc_loss_batch, warmup_steps: int = 0,
-                       min_lr: float | None = None, max_grad_norm: float | None = None,
+                       start_context: str | None = None, tokenizer=None, calc_loss=calc_loss_batch,
+                       warmup_steps: int = 0, min_lr: float | None = None, max_grad_norm: float | None = None,
                        history: dict | None = None) -> tuple[list[float], list[float], list[int]]:
     """Train for num_epochs; every eval_freq steps print the train and validation losses,
-    after each epoch print a sample. Returns the losses and the tokens seen at each evaluation.
-    calc_loss(input_batch, target_batch, model, device) is the loss each step minimizes and
-    each evaluation reports.
+    after each epoch print a sample of start_context (none when it is None). Returns the losses
+    and the tokens seen at each evaluation. calc_loss(input_batch, target_batch, model, device) is
+    the loss each step minimizes and each evaluation reports.
 
     Off by default (section 7): warmup_steps > 0 raises the learning rate linearly from near 0
     to the optimizer's lr; min_lr (a number) then decays it along a cosine to min_lr at the last
@@ -179,7 +179,7 @@ def train_model_simple(model: torch.nn.Module, train_loader, val_loader, optimiz
                 limit = math.inf if max_grad_norm is None else max_grad_norm
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), limit)  # the norm before clipping
             optimizer.step()  # move every parameter a little against its gradient
-            tokens_seen += input_batch.numel()
+            tokens_seen += target_batch.numel()  # one target per input token
             if history is not None:
                 for key, value in (("loss", loss.item()), ("lr", optimizer.param_groups[0]["lr"]),
                                    ("grad_norm", grad_norm.item())):
@@ -192,7 +192,8 @@ def train_model_simple(model: torch.nn.Module, train_loader, val_loader, optimiz
                 track_tokens_seen.append(tokens_seen)
                 print(f"Ep {epoch + 1} (step {global_step:06d}): "
                       f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
-        generate_and_print_sample(model, tokenizer, device, start_context)
+        if start_context is not None:
+            generate_and_print_sample(model, tokenizer, device, start_context)
     return train_losses, val_losses, track_tokens_seen
 
 

@@ -201,7 +201,7 @@ class MixedPrecisionModel(nn.Module):
 
 
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
-                       eval_freq, eval_iter, start_context, tokenizer, bf16=False,
+                       eval_freq, eval_iter, start_context=None, tokenizer=None, bf16=False,
                        calc_loss=calc_loss_batch, **schedule):
     """Chapter 4's loop; with bf16 on (True, or "auto" where the device has native bfloat16)
     every forward pass runs in mixed precision, through MixedPrecisionModel. schedule: chapter 4's

@@ -11,12 +11,11 @@ import numpy as np
 import tiktoken
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from course.ch1_data import END_OF_TEXT_ID  # chapter 1
 from course.ch3_architecture import GPTModel  # chapter 3
-from course.ch4_training import evaluate_model  # chapter 4
 from course.ch4b_performance import use_bf16  # chapter 4b
 from course.ch5_saving import GPT2_SIZES, gpt2_config, load_pretrained_gpt2  # chapter 5
 from course.ch5b_modern import SMOLLM2_135M_CONFIG, LlamaModel, load_smollm2  # chapter 5b
@@ -283,37 +282,31 @@ class TrunkOutputs(Dataset):
 
 
 # %% finetune/LLM-finetune-classification.ipynb, cell 49
-def train_classifier(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
-                     verbose=True):
-    """Chapter 4's loop with the classifier's loss (calc_loss_batch_classifier), which also measures
-    the accuracies after each epoch. Returns the losses and accuracies it measured."""
-    train_losses, val_losses, train_accs, val_accs = [], [], [], []
-    global_step = -1
-    model.train()
-    for epoch in range(num_epochs):
-        for input_batch, target_batch in tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False):
-            optimizer.zero_grad()
-            loss = calc_loss_batch_classifier(input_batch, target_batch, model, device)
-            loss.backward()
-            optimizer.step()
-            global_step += 1
-            if global_step % eval_freq == 0:
-                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter,
-                                                      calc_loss=calc_loss_batch_classifier)
-                train_losses.append(train_loss)
-                val_losses.append(val_loss)
-                if verbose:
-                    print(f"Ep {epoch + 1} (step {global_step:04d}): "
-                          f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
-        train_accs.append(calc_accuracy_loader(train_loader, model, device, num_batches=eval_iter))
-        val_accs.append(calc_accuracy_loader(val_loader, model, device))
-        if verbose:
-            print(f"Ep {epoch + 1}: train accuracy {train_accs[-1]:.1%} (on {eval_iter} batches), "
-                  f"validation accuracy {val_accs[-1]:.1%}")
-    return train_losses, val_losses, train_accs, val_accs
+class SimilarLengthBatches(Sampler):
+    """A DataLoader's batch_sampler: batches of batch_size indices whose lengths are similar, drawn
+    anew each epoch (shuffle, sort each window of `window` batches by length, cut it into batches,
+    dropping a window's incomplete last one, shuffle the batches). lengths: one per item."""
+
+    def __init__(self, lengths, batch_size, window=16, seed=123):
+        if batch_size < 1 or len(lengths) < batch_size:
+            raise ValueError(f"Need batch_size >= 1 and at least batch_size items (got batch_size={batch_size} "
+                             f"and {len(lengths)} items).")
+        self.lengths, self.batch_size, self.window = torch.as_tensor(lengths), batch_size, window
+        self.generator = torch.Generator().manual_seed(seed)  # the batches are the same in every run
+
+    def __iter__(self):
+        batches = []
+        for chunk in torch.randperm(len(self.lengths), generator=self.generator).split(self.batch_size * self.window):
+            chunk = chunk[self.lengths[chunk].argsort(stable=True)]  # similar lengths side by side
+            batches += [batch.tolist() for batch in chunk.split(self.batch_size) if len(batch) == self.batch_size]
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
+
+    def __len__(self):
+        return len(self.lengths) // self.batch_size
 
 
-# %% finetune/LLM-finetune-classification.ipynb, cell 73
+# %% finetune/LLM-finetune-classification.ipynb, cell 74
 def classify(text, model, tokenizer, device, max_length=None):
     """'spam' or 'not spam' for one message, read at its last token. Messages longer than
     max_length (default: the model's context length) are truncated to their first tokens."""

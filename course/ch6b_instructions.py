@@ -4,7 +4,6 @@
 
 # %% finetune/LLM-finetune-instructions.ipynb, cell 4
 import json
-import random
 import re
 import urllib.request
 from collections import Counter
@@ -14,7 +13,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from course.ch4_training import evaluate_model  # chapter 4
+from course.ch4b_performance import use_bf16  # chapter 4b: bfloat16 where it is native
 from course.ch5b_modern import generate_batch  # chapter 5b: left-padded rows, with the KV cache
 from course.ch6a_classification import hidden_states_before  # 6a: what the frozen lower layers compute
 
@@ -216,46 +215,19 @@ RECIPES = {  # how 6b finetunes each base model
 }
 
 
-def trunk_outputs(model, loader, first_block, device, desc="frozen layers"):
+def trunk_outputs(model, loader, first_block, device, bf16="auto", desc="frozen layers"):
     """Each batch (inputs, targets) of loader as (hidden, targets): hidden is what the model's layers
-    below trf_blocks[first_block] compute from inputs (6a's hidden_states_before), computed once."""
+    below trf_blocks[first_block] compute from inputs (6a's hidden_states_before), computed once, in
+    bfloat16 where the device computes it natively (chapter 4b's switch, as 6a's TrunkOutputs), kept
+    in float32."""
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        batches = [(hidden_states_before(model, first_block, inputs.to(device)), targets)
+    with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                         enabled=use_bf16(bf16, device)):
+        batches = [(hidden_states_before(model, first_block, inputs.to(device)).float(), targets)
                    for inputs, targets in tqdm(loader, desc=desc)]
     model.train(was_training)
     return batches
-
-
-def train_top_layers(top, train_batches, val_batches, optimizer, device, num_epochs, eval_freq, eval_iter,
-                     seed=123):
-    """Chapter 4's training loop for the top layers, on (hidden, targets) batches from trunk_outputs,
-    in a new random order each epoch, with calc_loss_batch_at_targets; every eval_freq steps the
-    training and validation losses (chapter 4's evaluate_model over eval_iter batches)."""
-    if not train_batches or eval_freq < 1:
-        raise ValueError(f"Need at least one training batch and eval_freq >= 1 (got {len(train_batches)} "
-                         f"batches, eval_freq={eval_freq}).")
-    order = random.Random(seed)  # the order of the batches, the same in every run
-    train_losses, val_losses, steps = [], [], []
-    step = -1
-    top.train()
-    for epoch in range(num_epochs):
-        for i in tqdm(order.sample(range(len(train_batches)), len(train_batches)), desc=f"epoch {epoch + 1}"):
-            hidden, targets = train_batches[i]
-            optimizer.zero_grad()
-            loss = calc_loss_batch_at_targets(hidden, targets, top, device)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step % eval_freq == 0:
-                train_loss, val_loss = evaluate_model(top, train_batches, val_batches, device, eval_iter,
-                                                      calc_loss=calc_loss_batch_at_targets)
-                train_losses.append(train_loss)
-                val_losses.append(val_loss)
-                steps.append(step)
-                print(f"Ep {epoch + 1} (step {step:04d}): train loss {train_loss:.3f}, val loss {val_loss:.3f}")
-    return train_losses, val_losses, steps
 
 
 # %% finetune/LLM-finetune-instructions.ipynb, cell 50

@@ -14,9 +14,9 @@ import course.ch6a_classification as ch6a
 import course.infra
 from course.ch5b_modern import SMOLLM2_135M_CONFIG, LlamaModel
 from helpers import (GPTModel, NaiveBayes, SpamDataset, TopLayers, TrunkOutputs, calc_accuracy_loader,
-                     calc_loss_batch, classify, gpt2_config, hidden_states_before, last_real_token_logits,
-                     load_base_model, load_checkpoint, make_adamw, make_classifier, random_base_model,
-                     save_checkpoint, train_classifier, word_counts, words)
+                     SimilarLengthBatches, calc_loss_batch, calc_loss_batch_classifier, classify, gpt2_config,
+                     hidden_states_before, last_real_token_logits, load_base_model, load_checkpoint, make_adamw,
+                     make_classifier, random_base_model, save_checkpoint, train_model_simple, word_counts, words)
 
 E = 50256  # GPT-2's <|endoftext|>, the padding id
 I = -100   # cross_entropy's default ignore_index
@@ -296,11 +296,30 @@ def test_training_on_kept_hidden_states_changes_only_the_top(tokenizer):
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     loader = DataLoader(kept, batch_size=4)
     optimizer = make_adamw([p for p in top.parameters() if p.requires_grad], lr=1e-2)
-    losses, _, _, accs = train_classifier(top, loader, loader, optimizer, "cpu", num_epochs=3, eval_freq=1,
-                                          eval_iter=2, verbose=False)
-    assert len(losses) == 6 and len(accs) == 3 and losses[-1] < losses[0]
+    losses, _, _ = train_model_simple(top, loader, loader, optimizer, "cpu", num_epochs=3, eval_freq=1,
+                                      eval_iter=2, calc_loss=calc_loss_batch_classifier)  # chapter 4's loop
+    assert len(losses) == 6 and losses[-1] < losses[0]
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed and all(name.startswith(("trf_blocks.1.", "final_norm.", "out_head.")) for name in changed)
+
+
+def test_similar_length_batches_cover_each_item_once_per_epoch_with_little_padding():
+    torch.manual_seed(0)
+    lengths = torch.randint(1, 65, (203,))
+    sampler = SimilarLengthBatches(lengths, batch_size=8, window=4, seed=1)
+    epochs = [list(sampler), list(sampler)]
+    for batches in epochs:
+        assert len(batches) == len(sampler) == 203 // 8 and all(len(batch) == 8 for batch in batches)
+        seen = [i for batch in batches for i in batch]
+        assert len(set(seen)) == len(seen)  # no item twice in an epoch
+        assert len(seen) >= 203 - 4 * 7  # at most one incomplete batch left out per window of 4 batches
+    assert epochs[0] != epochs[1]  # new batches each epoch
+    assert [list(SimilarLengthBatches(lengths, 8, 4, seed=1)) for _ in range(2)] == [epochs[0]] * 2  # seeded
+    padded = lambda batches: sum(len(b) * lengths[b].max().item() for b in batches)
+    shuffled = [b.tolist() for b in torch.randperm(203).split(8) if len(b) == 8]
+    assert padded(epochs[0]) < 0.8 * padded(shuffled)  # far less padding than random batches
+    with pytest.raises(ValueError, match="batch_size"):
+        SimilarLengthBatches(lengths[:3], batch_size=8)
 
 
 # --- the GPT-2 path, end to end, on random weights of GPT-2's shapes ------------------------------
@@ -345,7 +364,8 @@ def test_gpt2_path_end_to_end(gpt2_shaped_weights, tmp_path, monkeypatch, tokeni
     loader = DataLoader(kept, batch_size=2)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in top.parameters() if p.requires_grad], lr=5e-5, weight_decay=0.1)
-    train_classifier(top, loader, loader, optimizer, "cpu", num_epochs=1, eval_freq=1, eval_iter=1, verbose=False)
+    train_model_simple(top, loader, loader, optimizer, "cpu", num_epochs=1, eval_freq=1, eval_iter=1,
+                       calc_loss=calc_loss_batch_classifier)
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed and all(n.startswith(("trf_blocks.11.", "final_norm.", "out_head.")) for n in changed)
     assert "trf_blocks.11.ff.layers.0.weight" in changed

@@ -9,6 +9,7 @@ import pytest
 import tiktoken
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader
 
 from course.ch4_training import generate as generate_uncached  # chapter 4's loop: no cache, no padding
 from course.ch6b_instructions import uncopied_words
@@ -17,7 +18,7 @@ from helpers import (RECIPES, SMOLLM2_135M_CONFIG, GPTModel, InstructionDataset,
                      format_input, generate_responses, get_data_file, gpt2_config, has_key_answer,
                      hidden_states_before, instruction_collate_fn, judge_scores, load_checkpoint,
                      logits_at_targets, nearest_training_answer, ollama_is_running, random_base_model,
-                     save_checkpoint, score_responses, train_top_layers, trunk_outputs, word_f1)
+                     save_checkpoint, score_responses, train_model_simple, trunk_outputs, word_f1)
 
 E = 50256  # GPT-2's <|endoftext|>, the padding id in these batches
 I = -100   # cross_entropy's default ignore_index
@@ -282,13 +283,13 @@ def test_top_layers_on_the_frozen_layers_outputs_give_the_models_logits():
     inputs, targets = instruction_collate_fn([([5, 6, 7, 8], 2), ([9, 10], 1)], pad_token_id=3)
     loader = [(inputs, targets)]
     for first_block in range(TINY_LLAMA["n_layers"] + 1):
-        (hidden, kept), = trunk_outputs(model, loader, first_block, "cpu")
+        (hidden, kept), = trunk_outputs(model, loader, first_block, "cpu", bf16=False)
         assert torch.equal(kept, targets)
         with torch.no_grad():
             assert torch.allclose(TopLayers(model, first_block)(hidden), model(inputs), atol=1e-5)
 
 
-def test_train_top_layers_changes_only_the_top_and_lowers_the_loss(capsys):
+def test_chapter_4s_loop_on_kept_batches_changes_only_the_top_and_lowers_the_loss(capsys):
     model = tiny_llama(2)
     batches = [instruction_collate_fn([([5, 6, 7, 8, 9], 2), ([10, 11, 12], 1)], pad_token_id=3),
                instruction_collate_fn([([13, 14, 15, 16], 2), ([17, 18], 1)], pad_token_id=3)]
@@ -297,20 +298,19 @@ def test_train_top_layers_changes_only_the_top_and_lowers_the_loss(capsys):
     top = TopLayers(model, first_block)
     for module in [*top.trf_blocks, top.final_norm]:
         module.requires_grad_(True)
-    cached = trunk_outputs(model, batches, first_block, "cpu")
+    cached = trunk_outputs(model, batches, first_block, "cpu", bf16=False)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     loss_before = calc_response_loss(cached, top, "cpu")
     optimizer = torch.optim.AdamW([p for p in top.parameters() if p.requires_grad], lr=1e-2)
-    train_losses, val_losses, steps = train_top_layers(top, cached, cached, optimizer, "cpu", num_epochs=10,
-                                                       eval_freq=5, eval_iter=2)
-    assert steps == [0, 5, 10, 15] and len(train_losses) == len(val_losses) == 4
-    assert "Ep 1 (step 0000)" in capsys.readouterr().out
+    loader = DataLoader(cached, batch_size=None, shuffle=True, generator=torch.Generator().manual_seed(0))
+    train_losses, val_losses, _ = train_model_simple(top, loader, cached, optimizer, "cpu", num_epochs=10,
+                                                     eval_freq=5, eval_iter=2, calc_loss=calc_loss_batch_at_targets)
+    assert len(train_losses) == len(val_losses) == 4  # steps 0, 5, 10 and 15 of 20
+    assert "Ep 1 (step 000000)" in capsys.readouterr().out
     assert calc_response_loss(cached, top, "cpu") < loss_before
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed == {name for name, _ in model.named_parameters()
                        if name.startswith(("trf_blocks.2.", "final_norm."))}
-    with pytest.raises(ValueError, match="training batch"):
-        train_top_layers(top, [], cached, optimizer, "cpu", num_epochs=1, eval_freq=1, eval_iter=1)
 
 
 # --- the GPT-2 medium switch, end to end, on random weights of its shapes -------------------------
@@ -331,11 +331,12 @@ def test_gpt2_medium_recipe_end_to_end(tokenizer, tmp_path):
     top = TopLayers(model, first_block)
     for module in [*top.trf_blocks, top.final_norm]:
         module.requires_grad_(True)
-    cached = trunk_outputs(model, [batch], first_block, "cpu")
+    cached = trunk_outputs(model, [batch], first_block, "cpu", bf16=False)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in top.parameters() if p.requires_grad], lr=recipe["lr"],
                                   weight_decay=recipe["weight_decay"])
-    train_top_layers(top, cached, cached, optimizer, "cpu", num_epochs=2, eval_freq=1, eval_iter=1)
+    train_model_simple(top, cached, cached, optimizer, "cpu", num_epochs=2, eval_freq=1, eval_iter=1,
+                       calc_loss=calc_loss_batch_at_targets)
     changed = {name.split(".")[0] for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed == {"trf_blocks", "final_norm"}
     assert all(not torch.equal(model.trf_blocks[i].ff.layers[0].weight, before[f"trf_blocks.{i}.ff.layers.0.weight"])
