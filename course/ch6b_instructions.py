@@ -120,6 +120,7 @@ def prompt_words(entry):
     return answer_words(entry["instruction"]) + answer_words(entry["input"])
 
 
+# %% finetune/LLM-finetune-instructions.ipynb, cell 32
 def word_f1(response_words, reference_words):
     """SQuAD's F1 of two lists of words, as bags of words: the harmonic mean of precision (the share
     of the response's words that the reference has) and recall (the share of the reference's words
@@ -143,6 +144,7 @@ def answer_f1(response, entry):
     return word_f1([word for word in answer_words(response) if word not in given], new_in_reference)
 
 
+# %% finetune/LLM-finetune-instructions.ipynb, cell 33
 def uncopied_words(response, entry, run=3):
     """The response's words, less those in a run of `run` or more words copied from the prompt."""
     words, given = answer_words(response), prompt_words(entry)
@@ -181,7 +183,7 @@ def score_responses(entries, responses, max_answer_words=3):
     }
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 36
+# %% finetune/LLM-finetune-instructions.ipynb, cell 38
 def nearest_training_answer(entry, train_data):
     """The output of the training entry whose prompt shares the most words with entry's prompt (by
     word F1): what a model that memorised the training set and looked answers up would say."""
@@ -189,7 +191,7 @@ def nearest_training_answer(entry, train_data):
     return max(train_data, key=lambda other: word_f1(prompt_words(other), words))["output"]
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 40
+# %% finetune/LLM-finetune-instructions.ipynb, cell 42
 def generate_responses(model, tokenizer, prompts, end_id, max_new_tokens=48, batch_size=16, desc="answers"):
     """The model's greedy continuation of each prompt (a list of token ids), up to end_id, as text:
     prompts of similar lengths in one batch, left-padded, with the KV cache (5b's generate_batch)."""
@@ -206,7 +208,7 @@ def generate_responses(model, tokenizer, prompts, end_id, max_new_tokens=48, bat
     return responses
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 45
+# %% finetune/LLM-finetune-instructions.ipynb, cell 47
 RECIPES = {  # how 6b finetunes each base model
     "smollm2": {"trainable_blocks": 2, "train_examples": 200, "num_epochs": 2, "lr": 3e-4,
                 "weight_decay": 0.1, "batch_size": 8},  # what a laptop CPU can afford
@@ -230,7 +232,7 @@ def trunk_outputs(model, loader, first_block, device, bf16="auto", desc="frozen 
     return batches
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 50
+# %% finetune/LLM-finetune-instructions.ipynb, cell 52
 def calc_response_loss(data_loader, model, device):
     """Mean cross-entropy per kept target token (sum over all of them, then divide by their number)."""
     was_training = model.training
@@ -245,7 +247,7 @@ def calc_response_loss(data_loader, model, device):
     return total_loss / num_targets
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 65
+# %% finetune/LLM-finetune-instructions.ipynb, cell 67
 OLLAMA_URL = "http://127.0.0.1:11434"  # where a local Ollama server listens
 
 
