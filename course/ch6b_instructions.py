@@ -192,7 +192,7 @@ def nearest_training_answer(entry, train_data):
 
 
 # %% finetune/LLM-finetune-instructions.ipynb, cell 42
-def generate_responses(model, tokenizer, prompts, end_id, max_new_tokens=48, batch_size=16, desc="answers"):
+def generate_responses(model, tokenizer, prompts, end_id, max_new_tokens=48, batch_size=32, desc="answers"):
     """The model's greedy continuation of each prompt (a list of token ids), up to end_id, as text:
     prompts of similar lengths in one batch, left-padded, with the KV cache (5b's generate_batch)."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together
