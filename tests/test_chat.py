@@ -40,7 +40,7 @@ from chromium import Chromium, problems_in  # noqa: E402  (the slide decks' head
 
 slow = pytest.mark.slow  # the browser tests: SmolLM2 answers a few messages on the CPU
 
-SCREENSHOT = ROOT / "docs" / "chat.png"
+SCREENSHOT = ROOT / "docs" / "chat.png"  # rewritten by the screenshot test when UPDATE_SCREENSHOT=1
 QUESTION = "What is the capital of France?"
 CONTEXT, MAX_NEW_TOKENS = 160, 32  # a short context keeps the long-message test quick on a CPU
 ANSWER_TIMEOUT = 300  # seconds for one answer on a busy 2-core CPU (SmolLM2 loads on the first)
@@ -286,15 +286,17 @@ def test_an_answer_streams_in_token_by_token(page):
 
 
 @slow
-def test_screenshot_of_the_page(page):
-    """docs/chat.png: the first answer, 1280x800, with something drawn on it."""
+def test_screenshot_of_the_page(page, tmp_path):
+    """The page after its first answer, 1280x800, with something drawn on it; with UPDATE_SCREENSHOT=1
+    it becomes docs/chat.png (otherwise a test run leaves the repository's files as they are)."""
     from matplotlib.image import imread
     import numpy as np
 
     browser, session = page
     png = browser.call("Page.captureScreenshot", session, format="png")["data"]
-    SCREENSHOT.write_bytes(base64.b64decode(png))
-    image = imread(SCREENSHOT)
+    path = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") == "1" else tmp_path / "chat.png"
+    path.write_bytes(base64.b64decode(png))
+    image = imread(path)
     assert image.shape[:2] == (800, 1280), image.shape
     gray = image[..., :3].mean(axis=2)
     assert 0.005 < (np.abs(gray - np.median(gray)) > 0.2).mean() < 0.6, "the screenshot looks empty"
