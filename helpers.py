@@ -47,8 +47,9 @@ from course.ch6a_classification import (BASE_MODELS, NaiveBayes, SimilarLengthBa
                                         load_base_model, make_classifier, random_base_model, random_split,
                                         read_sms_collection, word_counts, words)
 # 6b Instructions: finetune/LLM-finetune-instructions.ipynb -> course/ch6b_instructions.py
-from course.ch6b_instructions import (RECIPES, InstructionDataset, answer_f1, answer_words, calc_loss_batch_at_targets,
-                                      calc_response_loss, format_input, generate_responses, has_key_answer,
+from course.ch6b_instructions import (BASE_PROMPT_FORMATS, PROMPT_FORMATS, RECIPES, InstructionDataset, answer_f1,
+                                      answer_words, calc_loss_batch_at_targets, calc_response_loss, encode_prompt,
+                                      format_chatml, format_input, generate_responses, has_key_answer,
                                       instruction_collate_fn, judge_scores, logits_at_targets, nearest_training_answer,
                                       ollama_is_running, score_responses, trunk_outputs, word_f1)
 # 6c LoRA: finetune/LLM-finetune-lora.ipynb -> course/ch6c_lora.py

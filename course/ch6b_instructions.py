@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from course.ch4b_performance import use_bf16  # chapter 4b: bfloat16 where it is native
-from course.ch5b_modern import generate_batch  # chapter 5b: left-padded rows, with the KV cache
+from course.ch5b_modern import chat_prompt, generate_batch  # chapter 5b: its chat format; left-padded rows, with the KV cache
 from course.ch6a_classification import hidden_states_before  # 6a: what the frozen lower layers compute
 
 
@@ -30,18 +30,46 @@ def format_input(entry):
     return instruction_text + input_text + "\n\n### Response:\n"
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 17
+# %% finetune/LLM-finetune-instructions.ipynb, cell 12
+def format_chatml(entry):
+    """The entry as one user turn of ChatML (chapter 5b's chat_prompt, with SmolLM2's default system
+    turn), ending where the assistant's answer begins."""
+    content = "\n\n".join(part for part in (entry["instruction"], entry["input"]) if part)
+    return chat_prompt([{"role": "user", "content": content}])
+
+
+PROMPT_FORMATS = {  # name: (entry -> prompt text, the special tokens that prompt is made of)
+    "alpaca": (format_input, frozenset()),
+    "chatml": (format_chatml, frozenset({"<|im_start|>", "<|im_end|>"})),
+}
+
+
+def encode_prompt(entry, tokenizer, prompt_format="alpaca"):
+    """The token ids of entry's prompt in one of PROMPT_FORMATS: the format's own special tokens are
+    allowed, any other special token in the text is refused (by the tokenizer)."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"Unknown prompt format {prompt_format!r}: use one of {sorted(PROMPT_FORMATS)}.")
+    format_prompt, special_tokens = PROMPT_FORMATS[prompt_format]
+    return tokenizer.encode(format_prompt(entry), allowed_special=special_tokens)
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 18
+BASE_PROMPT_FORMATS = {"smollm2": "chatml",  # the format its makers tuned it in
+                       "gpt2-medium": "alpaca"}  # tuned in none: the book's format
+
+
+# %% finetune/LLM-finetune-instructions.ipynb, cell 22
 class InstructionDataset(Dataset):
     """Each entry as (token ids of prompt + response, number of prompt tokens)."""
 
-    def __init__(self, data, tokenizer):
+    def __init__(self, data, tokenizer, prompt_format="alpaca"):
         self.items = []
         for i, entry in enumerate(data):
             missing = [key for key in ("instruction", "input", "output") if key not in entry]
             if missing:
                 raise ValueError(f"Entry {i} lacks the key(s) {missing}; each entry needs "
                                  f"'instruction', 'input' (may be empty) and 'output'.")
-            prompt_ids = tokenizer.encode(format_input(entry))
+            prompt_ids = encode_prompt(entry, tokenizer, prompt_format)
             response_ids = tokenizer.encode(entry["output"])
             self.items.append((prompt_ids + response_ids, len(prompt_ids)))
 
@@ -52,7 +80,7 @@ class InstructionDataset(Dataset):
         return len(self.items)
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 23
+# %% finetune/LLM-finetune-instructions.ipynb, cell 28
 def instruction_collate_fn(batch, pad_token_id, ignore_index=-100, allowed_max_length=None, mask_prompt=True):
     """Pad a batch of (token_ids, prompt_length) to one length and shift it into (inputs, targets).
 
@@ -84,7 +112,7 @@ def instruction_collate_fn(batch, pad_token_id, ignore_index=-100, allowed_max_l
     return torch.stack(inputs_lst), torch.stack(targets_lst)
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 29
+# %% finetune/LLM-finetune-instructions.ipynb, cell 34
 def logits_at_targets(model, inputs, targets, ignore_index=-100):
     """The scores at the positions whose target is kept, (num_kept, vocab_size), and those targets,
     (num_kept,): the output head runs on these positions only."""
@@ -105,7 +133,7 @@ def calc_loss_batch_at_targets(input_batch, target_batch, model, device):
     return torch.nn.functional.cross_entropy(logits, targets)
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 31
+# %% finetune/LLM-finetune-instructions.ipynb, cell 36
 ARTICLES = {"a", "an", "the"}  # dropped before words are compared, as SQuAD's evaluation does
 
 
@@ -120,7 +148,7 @@ def prompt_words(entry):
     return answer_words(entry["instruction"]) + answer_words(entry["input"])
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 32
+# %% finetune/LLM-finetune-instructions.ipynb, cell 37
 def word_f1(response_words, reference_words):
     """SQuAD's F1 of two lists of words, as bags of words: the harmonic mean of precision (the share
     of the response's words that the reference has) and recall (the share of the reference's words
@@ -144,7 +172,7 @@ def answer_f1(response, entry):
     return word_f1([word for word in answer_words(response) if word not in given], new_in_reference)
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 33
+# %% finetune/LLM-finetune-instructions.ipynb, cell 38
 def uncopied_words(response, entry, run=3):
     """The response's words, less those in a run of `run` or more words copied from the prompt."""
     words, given = answer_words(response), prompt_words(entry)
@@ -183,7 +211,7 @@ def score_responses(entries, responses, max_answer_words=3):
     }
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 38
+# %% finetune/LLM-finetune-instructions.ipynb, cell 43
 def nearest_training_answer(entry, train_data):
     """The output of the training entry whose prompt shares the most words with entry's prompt (by
     word F1): what a model that memorised the training set and looked answers up would say."""
@@ -191,7 +219,7 @@ def nearest_training_answer(entry, train_data):
     return max(train_data, key=lambda other: word_f1(prompt_words(other), words))["output"]
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 42
+# %% finetune/LLM-finetune-instructions.ipynb, cell 47
 def generate_responses(model, tokenizer, prompts, end_id, max_new_tokens=48, batch_size=32, desc="answers"):
     """The model's greedy continuation of each prompt (a list of token ids), up to end_id, as text:
     prompts of similar lengths in one batch, left-padded, with the KV cache (5b's generate_batch)."""
@@ -208,9 +236,9 @@ def generate_responses(model, tokenizer, prompts, end_id, max_new_tokens=48, bat
     return responses
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 47
+# %% finetune/LLM-finetune-instructions.ipynb, cell 52
 RECIPES = {  # how 6b finetunes each base model
-    "smollm2": {"trainable_blocks": 2, "train_examples": 200, "num_epochs": 2, "lr": 3e-4,
+    "smollm2": {"trainable_blocks": 2, "train_examples": 400, "num_epochs": 2, "lr": 3e-4,
                 "weight_decay": 0.1, "batch_size": 8},  # what a laptop CPU can afford
     "gpt2-medium": {"trainable_blocks": 24, "train_examples": 935, "num_epochs": 2, "lr": 5e-5,
                     "weight_decay": 0.1, "batch_size": 8},  # Raschka's chapter 7 (all blocks; a GPU)
@@ -232,7 +260,7 @@ def trunk_outputs(model, loader, first_block, device, bf16="auto", desc="frozen 
     return batches
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 52
+# %% finetune/LLM-finetune-instructions.ipynb, cell 57
 def calc_response_loss(data_loader, model, device):
     """Mean cross-entropy per kept target token (sum over all of them, then divide by their number)."""
     was_training = model.training
@@ -247,7 +275,7 @@ def calc_response_loss(data_loader, model, device):
     return total_loss / num_targets
 
 
-# %% finetune/LLM-finetune-instructions.ipynb, cell 67
+# %% finetune/LLM-finetune-instructions.ipynb, cell 72
 OLLAMA_URL = "http://127.0.0.1:11434"  # where a local Ollama server listens
 
 

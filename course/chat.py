@@ -11,8 +11,8 @@ link, its fonts from its own package) and uses the GPU where there is one (`--de
 - Each answer streams in token by token: chapter 4's generate() draws one token per call
   (temperature, top-k), and chapter 4b's KVCachedModel feeds the model only that new token
   after the prompt, with its KV cache. The page shows tokens per second.
-- SmolLM2 reads the conversation in chapter 5b's chat template (chat_prompt); chapter 4's model
-  continues the text of the last message.
+- SmolLM2, before and after 6b's finetuning, reads the conversation in chapter 5b's chat
+  template (chat_prompt); chapter 4's model continues the text of the last message.
 - Mistakes get a message in the page, and the server keeps running: an empty message, one
   longer than the context (the model sees its end, and the page says so), a checkpoint that is
   missing or was saved from another model.
@@ -76,18 +76,14 @@ def checked_path(path, what, how_to_make):
 
 
 def load_finetuned_model(path, device):
-    """SmolLM2 with the weights stage 6b saved (chapter 5's save_checkpoint). 6b taught it
-    single instructions in the Alpaca prompt format, so it reads the last message in that format."""
+    """SmolLM2 with the weights stage 6b saved (chapter 5's save_checkpoint). 6b finetuned it in
+    its own chat format, ChatML, so it reads the conversation as the base model does."""
     path = checked_path(path, "the finetuned SmolLM2", "Run finetune/LLM-finetune-instructions.ipynb (with "
                         "BASE_MODEL = \"smollm2\"), which saves it there, or start the chat with --finetuned PATH.")
-    from course.ch5b_modern import load_smollm2  # the tokenizer, and a model of the right shape
-    from course.ch6b_instructions import format_input  # stage 6b's prompt
-
-    model, tokenizer = load_smollm2("cpu")
-    load_checkpoint(path, model)  # CheckpointError if it was saved from a model of another config
-    return ChatModel(model.to(device).eval(), tokenizer,
-                     lambda messages: format_input({"instruction": messages[-1]["content"], "input": ""}),
-                     tokenizer.eos_id, frozenset())
+    chat_model = load_smollm2_model("cpu")  # a model of the right shape, its tokenizer and template
+    load_checkpoint(path, chat_model.model)  # CheckpointError if it was saved from a model of another config
+    chat_model.model.to(device).eval()
+    return chat_model
 
 
 def load_small_gpt(path, device):

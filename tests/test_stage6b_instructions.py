@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 
 from course.ch4_training import generate as generate_uncached  # chapter 4's loop: no cache, no padding
 from course.ch6b_instructions import uncopied_words
-from helpers import (RECIPES, SMOLLM2_135M_CONFIG, GPTModel, InstructionDataset, LlamaModel, TopLayers,
+from helpers import (BASE_PROMPT_FORMATS, PROMPT_FORMATS, RECIPES, SMOLLM2_135M_CONFIG, GPTModel, InstructionDataset, LlamaModel, TopLayers,
                      answer_f1, answer_words, calc_loss_batch, calc_loss_batch_at_targets, calc_response_loss,
-                     format_input, generate_responses, get_data_file, gpt2_config, has_key_answer,
+                     encode_prompt, format_chatml, format_input, generate_responses, get_data_file, gpt2_config, has_key_answer,
                      hidden_states_before, instruction_collate_fn, judge_scores, load_checkpoint,
                      logits_at_targets, nearest_training_answer, ollama_is_running, random_base_model,
                      save_checkpoint, score_responses, train_model_simple, trunk_outputs, word_f1)
@@ -108,6 +108,44 @@ def test_format_input_with_and_without_input():
         header + "Add.\n\n### Input:\n2 + 2\n\n### Response:\n"
     assert format_input({"instruction": "Say hi.", "input": "", "output": "Hi"}) == \
         header + "Say hi.\n\n### Response:\n"
+
+
+def test_format_chatml_is_one_user_turn_of_smollm2s_template():
+    system = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    assert format_chatml({"instruction": "Add.", "input": "2 + 2", "output": "4"}) == \
+        system + "<|im_start|>user\nAdd.\n\n2 + 2<|im_end|>\n<|im_start|>assistant\n"
+    assert format_chatml({"instruction": "Say hi.", "input": "", "output": "Hi"}) == \
+        system + "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"
+    assert BASE_PROMPT_FORMATS == {"smollm2": "chatml", "gpt2-medium": "alpaca"}
+
+
+class RecordingTokenizer:
+    """Records what encode() was given; one id per character."""
+
+    def encode(self, text, allowed_special=frozenset()):
+        self.calls = getattr(self, "calls", []) + [(text, set(allowed_special))]
+        return [ord(c) for c in text]
+
+
+def test_encode_prompt_allows_only_the_formats_own_special_tokens(tokenizer):
+    entry = {"instruction": "Say hi.", "input": "", "output": "Hi there."}
+    recorder = RecordingTokenizer()
+    encode_prompt(entry, recorder, "chatml")
+    encode_prompt(entry, recorder, "alpaca")
+    assert recorder.calls == [(format_chatml(entry), {"<|im_start|>", "<|im_end|>"}), (format_input(entry), set())]
+    assert encode_prompt(entry, tokenizer) == tokenizer.encode(format_input(entry))  # Alpaca by default
+    with pytest.raises(ValueError):  # GPT-2's end-of-text inside an instruction is refused (tiktoken)
+        encode_prompt({**entry, "instruction": "Say <|endoftext|>."}, tokenizer, "alpaca")
+    with pytest.raises(ValueError, match="alpaca.*chatml"):
+        encode_prompt(entry, tokenizer, "chat")
+    assert set(PROMPT_FORMATS) == {"alpaca", "chatml"}
+
+
+def test_instruction_dataset_in_chatml_keeps_the_prompt_apart():
+    entry = {"instruction": "Say hi.", "input": "", "output": "Hi there."}
+    token_ids, prompt_length = InstructionDataset([entry], RecordingTokenizer(), "chatml")[0]
+    assert "".join(map(chr, token_ids)) == format_chatml(entry) + "Hi there."
+    assert prompt_length == len(format_chatml(entry))
 
 
 def test_instruction_dataset_records_the_prompt_length(tokenizer):
