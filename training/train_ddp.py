@@ -38,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=2,
                    help="sequences per step on EACH process; one step learns from batch size x processes")
-    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (chapter 4's)")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=123, help="seeds the initial weights and the shuffle")
     p.add_argument("--context-length", type=int, default=small["context_length"],
